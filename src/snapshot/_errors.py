@@ -1,0 +1,25 @@
+"""Exceptions, built in one place.
+
+Both walkers report failures as (errno, path bytes); this module turns them
+into the matching OSError subclass (FileNotFoundError, PermissionError, ...)
+with ``errno``, ``strerror`` and a ``filename`` in the caller's str form.
+"""
+from __future__ import annotations
+
+import os
+
+
+class MetaError(ValueError):
+    """A rootfs.meta file (or a RootfsMeta value) that Go could not read or write."""
+
+    def __init__(self, filename, reason: str) -> None:
+        self.filename = filename
+        self.reason = reason
+        super().__init__(f"{filename}: {reason}" if filename is not None else reason)
+
+
+def os_error(errno: int, path) -> OSError:
+    """OSError(errno, strerror, filename) picks the subclass that matches errno."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    return OSError(errno, os.strerror(errno), path)

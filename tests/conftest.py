@@ -1,0 +1,129 @@
+"""Shared fixtures: every sizing test runs against both walkers."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+import snapshot
+from snapshot import _pydu, _size
+
+try:
+    from snapshot import _du
+except ImportError:  # only where fts cannot exist; _size refuses to import on Linux without it
+    _du = None
+
+WALKERS = {"fts": _du, "python": _pydu}
+
+
+@pytest.fixture(params=sorted(WALKERS))
+def walker(request, monkeypatch):
+    """Run the test with snapshot's public API bound to one walker."""
+    impl = WALKERS[request.param]
+    if impl is None:
+        pytest.skip("the compiled walker does not exist on this platform (no fts)")
+    monkeypatch.setattr(_size, "_impl", impl)
+    return impl
+
+
+def as_nobody(fn, *args, cwd_fd=None):
+    """Run fn(*args) in a forked child that has dropped root for user nobody.
+
+    Root ignores permission bits, so permission errors can only be seen by an
+    unprivileged process.  pytest's tmp_path lies below a 0700 directory, so the
+    child enters the tree through *cwd_fd*, opened while still root, and
+    *fn* uses paths relative to it.  Returns fn's result or raises its exception.
+    """
+    if os.geteuid() != 0:
+        if cwd_fd is not None:
+            old = os.open(".", os.O_RDONLY)
+            os.fchdir(cwd_fd)
+            try:
+                return fn(*args)
+            finally:
+                os.fchdir(old)
+                os.close(old)
+        return fn(*args)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(r)
+            if cwd_fd is not None:
+                os.fchdir(cwd_fd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                out = ("ok", fn(*args))
+            except BaseException as e:  # sent back to the parent
+                out = ("err", e)
+            os.write(w, pickle.dumps(out))
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks = []
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(b"".join(chunks))
+    if kind == "err":
+        raise value
+    return value
+
+
+@pytest.fixture
+def arena(tmp_path):
+    """A directory that user nobody may enter (tmp_path's parents are 0700):
+    yields (path, fd) for as_nobody(..., cwd_fd=fd)."""
+    path = tmp_path / "arena"
+    path.mkdir()
+    os.chmod(path, 0o777)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    yield path, fd
+    os.close(fd)
+
+
+def mount_tmpfs(where) -> None:
+    """Mount a small tmpfs at *where*, or skip saying why it cannot be done here."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"mount -t tmpfs failed: {r.stderr.strip()}")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A tmpfs mounted inside tmp_path: files up to 2**63-1 bytes, another st_dev."""
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    mount_tmpfs(where)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def lstat_oracle(root) -> tuple:
+    """(allocated, apparent, files, dirs) by os.walk + lstat: an independent count."""
+    st = os.lstat(root)
+    if not os.path.isdir(root) or os.path.islink(root):
+        return st.st_blocks * 512, st.st_size, 1, 0
+    alloc = app = files = 0
+    dirs = 1
+    for d, dnames, fnames in os.walk(root):
+        dirs += len(dnames)
+        for n in fnames + [x for x in dnames if os.path.islink(os.path.join(d, x))]:
+            s = os.lstat(os.path.join(d, n))
+            alloc += s.st_blocks * 512
+            app += s.st_size
+            files += 1
+        dirs -= sum(1 for x in dnames if os.path.islink(os.path.join(d, x)))
+    return alloc, app, files, dirs

@@ -1,0 +1,220 @@
+"""rootfs.meta: Go's json.Marshal bytes on write, Go's json.Unmarshal rules on read."""
+import json
+import os
+import pathlib
+import stat
+
+import pytest
+
+import snapshot
+from snapshot import MetaError, RootfsMeta, read_meta, write_meta
+from snapshot._meta import TEMP_PREFIX, decode_meta, encode_meta
+
+# The Go package's cases live in shared/ beside the checkout; tests/ keeps a copy
+# (checked against the original below) for clones without shared/.
+SHARED_GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "shared/golden/rootfs-meta.json"
+COPY_GOLDEN = pathlib.Path(__file__).parent / "golden-rootfs-meta.json"
+GOLDEN = json.loads((SHARED_GOLDEN if SHARED_GOLDEN.exists() else COPY_GOLDEN).read_text("utf-8"))
+
+
+@pytest.fixture
+def snap(tmp_path):
+    snapshot.ensure_dir(tmp_path, "vm")
+    return tmp_path
+
+
+def raw_write(base, data: bytes):
+    pathlib.Path(snapshot.meta_path(base, "vm")).write_bytes(data)
+
+
+# ---- golden cases from the Go package ----------------------------------------
+
+@pytest.mark.parametrize("case", GOLDEN["write"], ids=lambda c: c["file_bytes_utf8"][:40])
+def test_golden_write(snap, case):
+    write_meta(snap, "vm", RootfsMeta(**case["meta"]))
+    assert pathlib.Path(snapshot.meta_path(snap, "vm")).read_bytes() == case["file_bytes_utf8"].encode("utf-8")
+    # and we read back what we wrote
+    assert read_meta(snap, "vm") == RootfsMeta(**case["meta"])
+
+
+@pytest.mark.parametrize("case", GOLDEN["read"], ids=lambda c: c["file_bytes_utf8"][:40])
+def test_golden_read(snap, case):
+    raw_write(snap, case["file_bytes_utf8"].encode("utf-8"))
+    if case["result"] == "error":
+        with pytest.raises(MetaError):
+            read_meta(snap, "vm")
+    else:
+        assert read_meta(snap, "vm") == RootfsMeta(**case["result"])
+
+
+def test_golden_copy_in_tests_matches_shared():
+    if not SHARED_GOLDEN.exists():
+        pytest.skip("shared/ is not beside this checkout")
+    assert COPY_GOLDEN.read_bytes() == SHARED_GOLDEN.read_bytes()
+
+
+# ---- writing ------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, encoded", [
+    ("\b\f", r'"\b\f"'),
+    ("\x00\x01\x1f", r'"\u0000\u0001\u001f"'),
+    ("\x7f", '"\x7f"'),  # DEL is not escaped by Go
+    ("\u2028\u2029", r'"\u2028\u2029"'),
+    ("<>&", r'"\u003c\u003e\u0026"'),
+    ("/", '"/"'),
+    ("\U0001F600", '"\U0001F600"'),
+    ("\udcff", '"\ufffd"'),  # a lone surrogate (undecodable byte) is invalid UTF-8: Go writes U+FFFD
+    ("\r", r'"\r"'),
+])
+def test_go_string_escaping(value, encoded):
+    assert encode_meta(RootfsMeta(value)) == ('{"base_template":' + encoded + "}").encode("utf-8")
+
+
+def test_field_order_and_omitempty():
+    assert encode_meta(RootfsMeta("b", memory_mb=5)) == b'{"base_template":"b","memory_mb":5}'
+    assert encode_meta(RootfsMeta("b", template_id="t")) == b'{"base_template":"b","template_id":"t"}'
+    assert encode_meta(RootfsMeta("", "", -1, -2)) == b'{"base_template":"","vcpus":-1,"memory_mb":-2}'
+    assert RootfsMeta(base_template="x") == RootfsMeta("x", "", 0, 0)
+
+
+@pytest.mark.parametrize("meta", [
+    RootfsMeta(1), RootfsMeta("a", template_id=None), RootfsMeta("a", vcpus=True), RootfsMeta("a", vcpus=2.0),
+    RootfsMeta("a", memory_mb=1 << 63), RootfsMeta("a", memory_mb=-(1 << 63) - 1), "not a meta",
+])
+def test_unrepresentable_meta_raises_meta_error(snap, meta):
+    with pytest.raises(MetaError) as e:
+        write_meta(snap, "vm", meta)
+    assert e.value.filename == snapshot.meta_path(snap, "vm")
+    assert not os.path.exists(snapshot.meta_path(snap, "vm"))
+    assert os.listdir(snapshot.dir_path(snap, "vm")) == []
+
+
+def test_int64_limits_round_trip(snap):
+    m = RootfsMeta("x", vcpus=-(1 << 63), memory_mb=(1 << 63) - 1)
+    write_meta(snap, "vm", m)
+    assert read_meta(snap, "vm") == m
+
+
+def test_write_mode_is_0644_before_umask(snap):
+    old = os.umask(0)
+    try:
+        write_meta(snap, "vm", RootfsMeta("a"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(snapshot.meta_path(snap, "vm")).st_mode) == 0o644
+    old = os.umask(0o077)
+    try:
+        write_meta(snap, "vm", RootfsMeta("b"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(snapshot.meta_path(snap, "vm")).st_mode) == 0o600
+
+
+def test_write_replaces_and_leaves_no_temp_file(snap):
+    write_meta(snap, "vm", RootfsMeta("a", vcpus=1))
+    write_meta(snap, "vm", RootfsMeta("b"))
+    assert read_meta(snap, "vm") == RootfsMeta("b")
+    assert os.listdir(snapshot.dir_path(snap, "vm")) == ["rootfs.meta"]
+
+
+def test_write_needs_the_snapshot_dir(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        write_meta(tmp_path, "missing", RootfsMeta("a"))
+    assert not (tmp_path / "missing").exists()
+
+
+def test_temp_prefix():
+    assert TEMP_PREFIX == ".rootfs.meta."
+
+
+# ---- reading --------------------------------------------------------------------
+
+OK_CASES = [
+    (b'{"base_template":"a","vcpus":2}', RootfsMeta("a", vcpus=2)),
+    (b' \t\r\n{"base_template":"a"} \n', RootfsMeta("a")),
+    (b"null", RootfsMeta("")),
+    (b" null ", RootfsMeta("")),
+    (b'{"BASE_TEMPLATE":"a","Vcpus":3}', RootfsMeta("a", vcpus=3)),  # case-insensitive
+    (b'{"vcpus":1,"VCPUS":2}', RootfsMeta("", vcpus=2)),  # last wins
+    (b'{"VCPUS":2,"vcpus":1}', RootfsMeta("", vcpus=1)),
+    (b'{"vcpus":2,"vcpus":null}', RootfsMeta("", vcpus=2)),  # null is a no-op
+    (b'{"base_template":null,"template_id":null,"vcpus":null,"memory_mb":null}', RootfsMeta("")),
+    (b'{"vcpu\xc5\xbf":4}', RootfsMeta("", vcpus=4)),  # U+017F folds to S, as in Go
+    (b'{"templ\\u0061te_id":"t"}', RootfsMeta("", template_id="t")),  # keys are unescaped first
+    (b'{"template_\xc4\xb1d":"t"}', RootfsMeta("", template_id="t")),  # U+0131 folds to I
+    (b'{"vcpus":-0}', RootfsMeta("")),
+    (b'{"memory_mb":9223372036854775807}', RootfsMeta("", memory_mb=(1 << 63) - 1)),
+    (b'{"memory_mb":-9223372036854775808}', RootfsMeta("", memory_mb=-(1 << 63))),
+    (b'{"x":{"y":[1,2.5e3,true,false,null,"s",{}]},"base_template":"k"}', RootfsMeta("k")),
+    (b'{"x":1e400}', RootfsMeta("")),  # unknown keys are only validated
+    (b'{"base_template":"\\ud83d\\ude00"}', RootfsMeta("\U0001F600")),
+    (b'{"base_template":"\\ud83d"}', RootfsMeta("\ufffd")),
+    (b'{"base_template":"\\ude00\\ud83d"}', RootfsMeta("\ufffd\ufffd")),
+    (b'{"base_template":"\\ud800\\ud800\\udc00"}', RootfsMeta("\ufffd\U00010000")),
+    (b'{"base_template":"\\ud83dx"}', RootfsMeta("\ufffdx")),
+    (b'{"base_template":"\xff\xfe"}', RootfsMeta("\ufffd\ufffd")),
+    (b'{"base_template":"\xe2\x82"}', RootfsMeta("\ufffd\ufffd")),  # Go replaces byte by byte
+    (b'{"base_template":"\xed\xa0\x80"}', RootfsMeta("\ufffd\ufffd\ufffd")),  # UTF-8-encoded surrogate
+    (b'{"base_template":"caf\xc3\xa9 \\u4e2d\\/\\b\\f\\n\\r\\t\\"\\\\"}', RootfsMeta('café 中/\b\f\n\r\t"\\')),
+    (b'{"base_template":"\x7f"}', RootfsMeta("\x7f")),
+    (b"[" * 0 + b'{"x":' + b"[" * 9999 + b"]" * 9999 + b"}", RootfsMeta("")),  # depth 10000: Go's limit
+]
+
+ERROR_CASES = [
+    b"", b" ", b"\xef\xbb\xbf{}", b"{", b"}", b'{"a"}', b'{"a":}', b'{"a":1,}', b"{,}", b'{"a":1 "b":2}',
+    b"[]", b'"x"', b"1", b"true", b"false", b"nul", b"NULL", b"NaN", b'{"vcpus":NaN}', b'{"vcpus":Infinity}',
+    b'{"vcpus":"2"}', b'{"vcpus":2.0}', b'{"vcpus":1e2}', b'{"vcpus":2.5}', b'{"vcpus":true}',
+    b'{"vcpus":[]}', b'{"vcpus":{}}', b'{"base_template":1}', b'{"base_template":true}',
+    b'{"base_template":["a"]}', b'{"base_template":{}}',
+    b'{"memory_mb":9223372036854775808}', b'{"memory_mb":-9223372036854775809}',
+    b'{"vcpus":01}', b'{"vcpus":-}', b'{"vcpus":1.}', b'{"vcpus":1e}', b'{"vcpus":+1}', b'{"vcpus":.5}',
+    b'{"base_template":"a"} trailing', b'{}{}', b'{} x', b"{}\x00",
+    b'{"base_template":"a\nb"}', b'{"base_template":"\x00"}', b'{"base_template":"\\x"}',
+    b'{"base_template":"\\u12"}', b'{"base_template":"\\u12g4"}', b'{"base_template":"abc',
+    b"{'base_template':'a'}", b'{base_template:"a"}', b'{"a":1}\xff', b"\xff",
+    b'{"x":' + b"[" * 10000 + b"]" * 10000 + b"}",  # depth 10001
+    b'{"vcpus":2,"vcpus":"x"}', b'{"vcpus":"x","vcpus":2}',  # a type error anywhere fails the whole read
+]
+
+
+@pytest.mark.parametrize("data, meta", OK_CASES, ids=lambda x: repr(x)[:50] if isinstance(x, bytes) else "")
+def test_read_accepts_what_go_accepts(snap, data, meta):
+    raw_write(snap, data)
+    assert read_meta(snap, "vm") == meta
+
+
+@pytest.mark.parametrize("data", ERROR_CASES, ids=lambda x: repr(x)[:50])
+def test_read_rejects_what_go_rejects(snap, data):
+    raw_write(snap, data)
+    with pytest.raises(MetaError) as e:
+        read_meta(snap, "vm")
+    assert isinstance(e.value, ValueError)
+    assert e.value.filename == snapshot.meta_path(snap, "vm")
+    assert snapshot.meta_path(snap, "vm") in str(e.value) and e.value.reason
+
+
+def test_missing_meta_is_file_not_found(snap):
+    with pytest.raises(FileNotFoundError) as e:
+        read_meta(snap, "vm")
+    assert e.value.filename == snapshot.meta_path(snap, "vm")
+
+
+def test_meta_that_is_a_directory(snap):
+    os.mkdir(snapshot.meta_path(snap, "vm"))
+    with pytest.raises(IsADirectoryError):
+        read_meta(snap, "vm")
+
+
+def test_temp_files_are_not_read(snap):
+    (pathlib.Path(snapshot.dir_path(snap, "vm")) / (TEMP_PREFIX + "abc")).write_bytes(b'{"base_template":"tmp"}')
+    with pytest.raises(FileNotFoundError):
+        read_meta(snap, "vm")
+    write_meta(snap, "vm", RootfsMeta("real"))
+    assert read_meta(snap, "vm") == RootfsMeta("real")
+
+
+def test_deep_nesting_is_not_a_recursion_error():
+    with pytest.raises(MetaError):
+        decode_meta(b"[" * 200000)
+    with pytest.raises(MetaError):
+        decode_meta(b'{"x":' + b"{\"a\":" * 200000)

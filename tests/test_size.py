@@ -1,0 +1,255 @@
+"""dir_size, dir_sizes and usage, against both walkers (the `walker` fixture)."""
+import os
+import socket
+import subprocess
+
+import pytest
+
+import snapshot
+from conftest import as_nobody, lstat_oracle, mount_tmpfs
+
+pytestmark = pytest.mark.usefixtures("walker")
+
+BLOCK = 4096
+
+
+def write_at(path, offset, data, size=None):
+    with open(path, "wb") as f:
+        if size is not None:
+            f.truncate(size)
+        f.seek(offset)
+        f.write(data)
+
+
+def fs_block(path):
+    return os.statvfs(path).f_bsize
+
+
+def test_exact_sizes_of_a_controlled_snapshot(tmp_path):
+    """Allocation we control: empty files, pure holes, fallocate, a few written blocks."""
+    d = tmp_path / "vm"
+    d.mkdir()
+    bs = fs_block(tmp_path)
+    (d / "config.json").write_bytes(b"")                      # 0 blocks
+    write_at(d / "memory-ranges", 0, b"", size=4 << 30)        # 4 GiB hole: 0 blocks
+    write_at(d / "rootfs.cow", 1 << 30, b"x" * 8192, size=4 << 30)  # 8 KiB written at 1 GiB
+    fd = os.open(d / "rootfs.ext4", os.O_CREAT | os.O_WRONLY)
+    os.posix_fallocate(fd, 0, 64 * 1024)                      # 64 KiB reserved
+    os.close(fd)
+    expected = -(-8192 // bs) * bs + 64 * 1024
+    assert snapshot.dir_size(tmp_path, "vm") == expected
+    u = snapshot.usage(d)
+    assert (u.allocated, u.apparent, u.files, u.dirs) == (expected, (8 << 30) + 64 * 1024, 4, 1)
+    assert u.shared is u.exclusive is u.shared_physical is None
+
+
+def test_matches_an_independent_lstat_count(tmp_path):
+    d = tmp_path / "vm"
+    (d / "a" / "b" / "c").mkdir(parents=True)
+    (d / "empty").mkdir()
+    for i, p in enumerate([d / "f1", d / "a" / "f2", d / "a" / "b" / "c" / "f3"]):
+        p.write_bytes(os.urandom(1000 * (i + 1) ** 3))
+    os.symlink("x" * 300, d / "long-symlink")  # a slow symlink has blocks of its own on ext4
+    os.symlink("f1", d / "short-symlink")
+    os.symlink(d / "a", d / "dirlink")
+    os.mkfifo(d / "fifo")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(d / "sock"))
+    s.close()
+    os.link(d / "f1", d / "a" / "hardlink")
+    alloc, app, files, dirs = lstat_oracle(d)
+    assert snapshot.dir_size(tmp_path, "vm") == alloc
+    u = snapshot.usage(d)
+    assert (u.allocated, u.apparent, u.files, u.dirs) == (alloc, app, files, dirs)
+    assert dirs == 5 and files == 9
+
+
+def test_hard_links_counted_per_link_or_once(tmp_path):
+    d = tmp_path / "vm"
+    d.mkdir()
+    (d / "f").write_bytes(os.urandom(BLOCK * 3))
+    for i in range(4):
+        os.link(d / "f", d / f"l{i}")
+    one = os.lstat(d / "f").st_blocks * 512
+    assert snapshot.dir_size(tmp_path, "vm") == 5 * one  # the seed counts each link
+    assert snapshot.usage(d).allocated == 5 * one
+    u = snapshot.usage(d, count_links=False)
+    assert (u.allocated, u.apparent, u.files) == (one, BLOCK * 3, 1)
+
+
+def test_directories_add_nothing(tmp_path):
+    d = tmp_path / "vm"
+    for i in range(50):
+        (d / f"d{i}" / "x").mkdir(parents=True)
+    assert snapshot.dir_size(tmp_path, "vm") == 0
+    u = snapshot.usage(d)
+    assert (u.allocated, u.apparent, u.files, u.dirs) == (0, 0, 0, 101)
+
+
+def test_symlinks_are_not_followed(tmp_path):
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "data").write_bytes(os.urandom(1 << 20))
+    d = tmp_path / "vm"
+    d.mkdir()
+    os.symlink(big, d / "to-dir")
+    os.symlink(big / "data", d / "to-file")
+    os.symlink(tmp_path / "nowhere", d / "dangling")
+    expected = sum(os.lstat(d / n).st_blocks * 512 for n in os.listdir(d))
+    assert snapshot.dir_size(tmp_path, "vm") == expected < (1 << 20)
+
+
+def test_snapshot_that_is_a_symlink_counts_the_link_itself(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "data").write_bytes(os.urandom(1 << 16))
+    os.symlink(real, tmp_path / "vm")
+    assert snapshot.dir_size(tmp_path, "vm") == os.lstat(tmp_path / "vm").st_blocks * 512
+
+
+def test_a_name_that_is_a_file_counts_that_file(tmp_path):
+    (tmp_path / "vm").write_bytes(os.urandom(10000))
+    assert snapshot.dir_size(tmp_path, "vm") == os.lstat(tmp_path / "vm").st_blocks * 512 > 0
+    u = snapshot.usage(tmp_path / "vm")
+    assert (u.files, u.dirs, u.apparent) == (1, 0, 10000)
+
+
+def test_huge_sparse_sums_do_not_wrap(tmpfs):
+    """Four files of 2**63-1 bytes (tmpfs allows that): the sum needs more than 64 bits."""
+    d = tmpfs / "vm"
+    d.mkdir()
+    for i in range(4):
+        with open(d / f"s{i}", "wb") as f:
+            f.truncate((1 << 63) - 1)
+    u = snapshot.usage(d)
+    assert u.apparent == 4 * ((1 << 63) - 1)
+    assert u.allocated == 0
+
+
+def test_missing_snapshot(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        snapshot.dir_size(tmp_path, "nope")
+    assert e.value.filename == str(tmp_path / "nope")
+    assert e.value.errno == 2
+    with pytest.raises(FileNotFoundError) as e:
+        snapshot.usage(tmp_path / "nope")
+    assert e.value.filename == str(tmp_path / "nope")
+
+
+def test_not_a_directory_in_base(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError) as e:
+        snapshot.dir_size(tmp_path / "file", "vm")
+    assert e.value.filename == str(tmp_path / "file" / "vm")
+
+
+def _tree_with_unreadable_dir(base):
+    d = base / "vm"
+    (d / "ok").mkdir(parents=True)
+    (d / "ok" / "f").write_text("x")
+    (d / "locked").mkdir()
+    (d / "locked" / "secret").write_text("x")
+    os.chmod(d / "locked", 0)
+
+
+def test_unreadable_directory_raises_permission_error_naming_it(arena):
+    tmp_path, fd = arena
+    _tree_with_unreadable_dir(tmp_path)
+    try:
+        with pytest.raises(PermissionError) as e:
+            as_nobody(snapshot.dir_size, ".", "vm", cwd_fd=fd)
+        assert e.value.filename == "./vm/locked"
+        assert e.value.errno == 13
+        with pytest.raises(PermissionError) as e:
+            as_nobody(lambda: snapshot.usage("vm"), cwd_fd=fd)
+        assert e.value.filename == "vm/locked"
+        with pytest.raises(PermissionError) as e:
+            as_nobody(snapshot.dir_sizes, ".", ["vm"], cwd_fd=fd)
+        assert e.value.filename == "./vm/locked"
+    finally:
+        os.chmod(tmp_path / "vm" / "locked", 0o700)
+
+
+def test_root_is_not_affected_by_permission_bits(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: checks that root reads a 000 directory")
+    _tree_with_unreadable_dir(tmp_path)
+    assert snapshot.dir_size(tmp_path, "vm") == lstat_oracle(tmp_path / "vm")[0]
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/abs", "x\0y"])
+def test_bad_names_raise_before_touching_anything(tmp_path, name):
+    with pytest.raises(ValueError):
+        snapshot.dir_size(tmp_path, name)
+    with pytest.raises(ValueError):
+        snapshot.dir_sizes(tmp_path, ["ok", name])
+
+
+def test_nul_in_base_dir(tmp_path):
+    with pytest.raises(ValueError):
+        snapshot.dir_size(str(tmp_path) + "\0x", "vm")
+    with pytest.raises(ValueError):
+        snapshot.usage(str(tmp_path) + "\0x")
+
+
+# ---- dir_sizes --------------------------------------------------------------------
+
+def make_fleet(base, n):
+    for i in range(n):
+        d = base / f"vm{i:03d}"
+        d.mkdir()
+        (d / "config.json").write_bytes(os.urandom(100 * i))
+        write_at(d / "memory-ranges", 4096 * i, b"m" * 4096 * (i % 3), size=1 << 30)
+    return [f"vm{i:03d}" for i in range(n)]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 64, None])
+def test_dir_sizes_equals_a_loop_of_dir_size(tmp_path, workers):
+    names = make_fleet(tmp_path, 40)
+    (tmp_path / "a-file").write_text("not a snapshot")
+    os.symlink(tmp_path / "vm001", tmp_path / "a-link")
+    expected = {n: snapshot.dir_size(tmp_path, n) for n in names}
+    got = snapshot.dir_sizes(tmp_path, workers=workers)
+    assert got == expected and list(got) == sorted(names)
+    some = ["vm007", "vm003", "a-file", "a-link"]
+    assert snapshot.dir_sizes(tmp_path, some, workers=workers) == {n: snapshot.dir_size(tmp_path, n) for n in some}
+
+
+def test_dir_sizes_empty(tmp_path):
+    assert snapshot.dir_sizes(tmp_path) == {}
+    assert snapshot.dir_sizes(tmp_path, []) == {}
+
+
+def test_dir_sizes_first_error_in_order_wins(tmp_path):
+    names = make_fleet(tmp_path, 30)
+    order = names[:10] + ["missing-b"] + names[10:] + ["missing-a"]
+    for workers in (1, 2, 4):
+        with pytest.raises(FileNotFoundError) as e:
+            snapshot.dir_sizes(tmp_path, order, workers=workers)
+        assert e.value.filename == str(tmp_path / "missing-b")
+
+
+def test_dir_sizes_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        snapshot.dir_sizes(tmp_path / "no-base")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError):
+            snapshot.dir_sizes(tmp_path, [], workers=bad)
+
+
+def test_one_file_system_stays_on_the_root_device(tmp_path):
+    d = tmp_path / "vm"
+    (d / "mnt").mkdir(parents=True)
+    (d / "f").write_bytes(os.urandom(10000))
+    mount_tmpfs(d / "mnt")
+    try:
+        (d / "mnt" / "inner").mkdir()
+        (d / "mnt" / "inner" / "g").write_bytes(os.urandom(100000))
+        whole = snapshot.usage(d)
+        local = snapshot.usage(d, one_file_system=True)
+        assert whole.dirs == 3 and local.dirs == 1
+        assert whole.files == 2 and local.files == 1
+        assert local.allocated == os.lstat(d / "f").st_blocks * 512
+        assert whole.allocated == local.allocated + os.lstat(d / "mnt" / "inner" / "g").st_blocks * 512
+    finally:
+        subprocess.run(["umount", "-l", str(d / "mnt")], check=True)
