@@ -1,8 +1,8 @@
 """Build the compiled walker, snapshot._du.
 
-The extension is required wherever fts(3) exists (Linux, macOS, the BSDs): a
+On Linux the extension is required (it uses fts(3) and the FIEMAP ioctl): a
 failed build fails the install instead of silently leaving the slow walker.
-Only where fts cannot exist (Windows) is the package pure Python.
+Elsewhere the package is pure Python (see _size.py).
 
 SNAPSHOT_SANITIZE=1 builds with -fsanitize=address,undefined (see README).
 """
