@@ -34,6 +34,15 @@ def dir_path(base_dir: StrPath, name: str) -> str:
     return os.path.join(os.fspath(base_dir), check_name(name))
 
 
+def encoded_path(base_dir, name: str) -> bytes:
+    """dir_path as bytes for the walkers (_du.encode_path is the same in C)."""
+    check_name(name)
+    base = os.fsencode(base_dir)
+    if not base:
+        return os.fsencode(name)
+    return base + (b"" if base.endswith(b"/") else b"/") + os.fsencode(name)
+
+
 def rootfs_path(base_dir: StrPath, name: str) -> str:
     return os.path.join(dir_path(base_dir, name), ROOTFS_FILE_NAME)
 

@@ -15,6 +15,7 @@ import stat
 import struct
 
 from ._errors import os_error
+from ._paths import encoded_path as encode_path
 from ._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, UNIQUE_INODES
 
 # <linux/fiemap.h>
@@ -141,8 +142,8 @@ def walk(path: bytes, flags: int) -> tuple:
     return (blocks * 512, apparent, files, dirs, shared, _union(ranges) if want_shared else 0)
 
 
-def size(path: bytes) -> int:
-    return walk(path, 0)[0]
+def dir_size(base_dir, name) -> int:
+    return walk(encode_path(base_dir, name), 0)[0]
 
 
 def walk_many(paths: list, flags: int, workers: int, stop_on_error: bool) -> list:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Union
 
 from . import _pydu
-from ._paths import StrPath, check_name
+from ._paths import StrPath
 from ._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, UNIQUE_INODES
 
 if sys.platform.startswith("linux"):
@@ -36,16 +36,9 @@ class Usage:
     shared_physical: Optional[int] = None  # union of shared extents' disk ranges
 
 
-def _encoded(base_dir: StrPath, name: str) -> bytes:
-    # The hot path of dir_size: validate and join with as little work as possible.
-    check_name(name)
-    base = os.fsencode(base_dir)
-    return base + b"/" + os.fsencode(name) if base and base[-1:] != b"/" else base + os.fsencode(name)
-
-
 def dir_size(base_dir: StrPath, name: str) -> int:
     """The seed's DirSize: st_blocks*512 summed over every non-directory below the snapshot."""
-    return _impl.size(_encoded(base_dir, name))
+    return _impl.dir_size(base_dir, name)
 
 
 def _flags(count_links: bool, one_file_system: bool, shared_extents: bool) -> int:
@@ -85,7 +78,7 @@ def usages(base_dir: StrPath, names: List[str], *, workers: Optional[int] = None
            count_links: bool = True, one_file_system: bool = False,
            shared_extents: bool = False) -> List[Union[Usage, OSError]]:
     """usage() of each snapshot in parallel; a failed one gives its OSError instead."""
-    paths = [_encoded(base_dir, n) for n in names]
+    paths = [_impl.encode_path(base_dir, n) for n in names]
     flags = _flags(count_links, one_file_system, shared_extents)
     results = _impl.walk_many(paths, flags, _workers(workers, len(paths)), False)
     return [r if isinstance(r, OSError) else _to_usage(r, shared_extents) for r in results]
@@ -95,7 +88,7 @@ def dir_sizes(base_dir: StrPath, names: Optional[Iterable[str]] = None, *,
               workers: Optional[int] = None) -> Dict[str, int]:
     """{name: dir_size(base_dir, name)} for many snapshots, sized on *workers* threads."""
     names = snapshot_names(base_dir) if names is None else list(names)
-    paths = [_encoded(base_dir, n) for n in names]
+    paths = [_impl.encode_path(base_dir, n) for n in names]
     results = _impl.walk_many(paths, 0, _workers(workers, len(paths)), True)
     out = {}
     for name, r in zip(names, results):

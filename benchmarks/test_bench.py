@@ -1,0 +1,52 @@
+"""pytest-benchmark: dir_size and dir_sizes on the fleet and on /usr.
+
+    python -m pytest benchmarks/ --benchmark-group-by=group
+
+Every benchmark first checks that the implementations agree; the side-by-side
+comparison with C and GNU du is benchmarks/compare.py.
+"""
+import pytest
+
+import snapshot
+from snapshot import _pydu
+
+
+def loop(fn, base, names):
+    return sum(fn(base, n) for n in names)
+
+
+@pytest.fixture(scope="module")
+def fleet_total(fleet):
+    base, names = fleet
+    total = loop(snapshot.dir_size, base, names)
+    assert total == loop(_pydu.dir_size, base, names)
+    assert total == sum(snapshot.dir_sizes(base, names, workers=2).values())
+    assert total == sum(snapshot.usage(f"{base}/{n}").allocated for n in names)
+    return total
+
+
+@pytest.mark.benchmark(group="fleet")
+def test_fleet_dir_size_loop(benchmark, fleet, fleet_total):
+    assert benchmark(loop, snapshot.dir_size, *fleet) == fleet_total
+
+
+@pytest.mark.benchmark(group="fleet")
+def test_fleet_pure_python_loop(benchmark, fleet, fleet_total):
+    assert benchmark(loop, _pydu.dir_size, *fleet) == fleet_total
+
+
+@pytest.mark.benchmark(group="fleet")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fleet_dir_sizes(benchmark, fleet, fleet_total, workers):
+    base, names = fleet
+    result = benchmark(snapshot.dir_sizes, base, names, workers=workers)
+    assert sum(result.values()) == fleet_total
+
+
+@pytest.mark.benchmark(group="usr")
+@pytest.mark.parametrize("impl", ["fts", "python"])
+def test_usr(benchmark, big_tree, impl):
+    fn = snapshot.dir_size if impl == "fts" else _pydu.dir_size
+    expected = snapshot.dir_size(*big_tree)
+    assert _pydu.dir_size(*big_tree) == expected
+    assert benchmark.pedantic(fn, big_tree, rounds=5, iterations=1) == expected
