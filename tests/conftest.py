@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -109,6 +110,28 @@ def tmpfs(tmp_path):
     mount_tmpfs(where)
     yield where
     subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+@pytest.fixture
+def xfs(tmp_path):
+    """A loop-mounted XFS with reflinks (mkfs.xfs -m reflink=1) inside tmp_path."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to loop-mount an XFS image")
+    mkfs = shutil.which("mkfs.xfs") or ("/usr/sbin/mkfs.xfs" if os.path.exists("/usr/sbin/mkfs.xfs") else None)
+    if mkfs is None:
+        pytest.skip("mkfs.xfs is not installed (Debian: xfsprogs; .ci/run installs it)")
+    image, where = tmp_path / "xfs.img", tmp_path / "xfs"
+    with open(image, "wb") as f:
+        f.truncate(320 << 20)
+    r = subprocess.run([mkfs, "-q", "-m", "reflink=1", str(image)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"mkfs.xfs -m reflink=1 failed: {r.stderr.strip()}")
+    where.mkdir()
+    r = subprocess.run(["mount", "-o", "loop", str(image), str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot loop-mount XFS here: {r.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", str(where)], check=True)
 
 
 def lstat_oracle(root) -> tuple:

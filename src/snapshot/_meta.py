@@ -7,9 +7,9 @@ file or the new one, never a torn one.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 
+from ._atomic import atomic_write
 from ._errors import MetaError
 from ._gojson import INT64_MAX, INT64_MIN, GoJSONError, decode_object, encode_string
 from ._paths import ROOTFS_META_NAME, StrPath, dir_path
@@ -60,36 +60,13 @@ def decode_meta(data: bytes, filename=None) -> RootfsMeta:
 
 
 def write_meta(base_dir: StrPath, name: str, meta: RootfsMeta) -> None:
-    directory = dir_path(base_dir, name)
-    path = os.path.join(directory, ROOTFS_META_NAME)
+    path = os.path.join(dir_path(base_dir, name), ROOTFS_META_NAME)
     try:
         data = encode_meta(meta)
     except MetaError as e:
         raise MetaError(path, e.reason) from None
-    tmp = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
-    # 0644 before umask, as the seed's os.WriteFile.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    # Make the rename itself durable.
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    # 0644 before umask, as the seed's os.WriteFile; atomic, unlike it.
+    atomic_write(path, data, TEMP_PREFIX, 0o644)
 
 
 def read_meta(base_dir: StrPath, name: str) -> RootfsMeta:
