@@ -12,7 +12,7 @@ names from a shared counter until none are left (pthreads, no Python thread
 state); the calling thread is one of them, and it alone checks for signals.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
-from libc.errno cimport errno, ENOENT, ENOMEM, ENOTTY, EOPNOTSUPP, EINVAL
+from libc.errno cimport errno, ENOENT, ENOMEM, ENOTDIR, ENOTTY, EOPNOTSUPP, EINVAL
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc, calloc, qsort
 from libc.string cimport memchr, memcpy, strdup
@@ -102,7 +102,7 @@ cdef int F_SHARED = SHARED_EXTENTS
 
 cdef enum:
     # How many entries between two looks at pending signals (Ctrl-C): a few ms of walking.
-    SIGNAL_EVERY = 4096
+    SIGNAL_EVERY = 1024
     EXTENTS_PER_CALL = 128
     # _walk's return codes besides 0 (success) and an errno.
     INTERRUPTED = -1  # a Python exception (KeyboardInterrupt) is set in this thread
@@ -366,7 +366,7 @@ cdef int _walk(const char *path, int flags, Totals *t, Failure *fail,
             t.files += 1
             if (flags & F_SHARED) and info == FTS_F and blocks:
                 e = file_shared(ent.fts_accpath, st.st_dev, fm, &ranges, &nbytes)
-                if e == ENOENT:
+                if e == ENOENT or e == ENOTDIR:
                     continue  # deleted meanwhile
                 if e:
                     rc = e
@@ -374,9 +374,10 @@ cdef int _walk(const char *path, int flags, Totals *t, Failure *fail,
                     break
                 add128(&t.shared, nbytes if nbytes < blocks * 512 else blocks * 512)
         elif info == FTS_NS or info == FTS_DNR or info == FTS_ERR:
-            # Below the root, an entry that vanished between readdir and
-            # lstat/opendir is skipped: the snapshot is being changed.
-            if ent.fts_errno == ENOENT and ent.fts_level > 0:
+            # Below the root, an entry that vanished (or whose directory was
+            # replaced by a file) between readdir and lstat/opendir is skipped:
+            # the snapshot is being changed while we size it.
+            if ent.fts_level > 0 and (ent.fts_errno == ENOENT or ent.fts_errno == ENOTDIR):
                 continue
             rc = ent.fts_errno
             fail.path = strdup(ent.fts_path)

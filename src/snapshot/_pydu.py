@@ -27,6 +27,9 @@ EXTENT_DATA_INLINE, EXTENT_NOT_ALIGNED, EXTENT_SHARED = 0x200, 0x100, 0x2000
 _NOT_PLACED = EXTENT_UNKNOWN | EXTENT_DELALLOC | EXTENT_DATA_INLINE | EXTENT_NOT_ALIGNED
 _EXTENTS_PER_CALL = 128
 _NO_FIEMAP = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL)
+# Below the root: the entry vanished, or its directory was replaced by a file,
+# while we walked. The snapshot is being changed; skip it.
+_CHANGED = (errno.ENOENT, errno.ENOTDIR)
 
 
 def _shared_extents(path: bytes, dev: int, ranges: list) -> int:
@@ -100,9 +103,9 @@ def walk(path: bytes, flags: int) -> tuple:
         if want_shared and st.st_blocks and stat.S_ISREG(st.st_mode):
             try:
                 n = _shared_extents(p, st.st_dev, ranges)
-            except FileNotFoundError:
-                return
             except OSError as e:
+                if e.errno in _CHANGED:
+                    return
                 raise os_error(e.errno, p) from None
             shared += min(n, st.st_blocks * 512)
 
@@ -122,14 +125,14 @@ def walk(path: bytes, flags: int) -> tuple:
                 with os.scandir(d) as it:
                     entries = list(it)
             except OSError as e:
-                if e.errno == errno.ENOENT and d is not path:
+                if e.errno in _CHANGED and d is not path:
                     continue
                 raise os_error(e.errno, d) from None
             for entry in entries:
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except OSError as e:
-                    if e.errno == errno.ENOENT:
+                    if e.errno in _CHANGED:
                         continue
                     raise os_error(e.errno, entry.path) from None
                 if stat.S_ISDIR(st.st_mode):

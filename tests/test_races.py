@@ -1,0 +1,153 @@
+"""Sizing and removing while others change the tree, and threads that chdir."""
+import os
+import threading
+import time
+
+import pytest
+
+import snapshot
+from conftest import lstat_oracle
+
+pytestmark = pytest.mark.usefixtures("walker")
+
+FILE = 3 * 4096
+
+
+def churn(root, stop, errors):
+    """Create and delete files and subdirectories under root as fast as possible."""
+    i = 0
+    try:
+        while not stop.is_set():
+            d = os.path.join(root, f"d{i % 7}")
+            os.makedirs(os.path.join(d, "sub"), exist_ok=True)
+            for j in range(5):
+                with open(os.path.join(d, "sub", f"f{j}"), "wb") as f:
+                    f.write(b"c" * FILE)
+            for j in range(5):
+                os.unlink(os.path.join(d, "sub", f"f{j}"))
+            os.rmdir(os.path.join(d, "sub"))
+            os.rmdir(d)
+            # a directory replaced by a file of the same name, and back
+            with open(d, "wb") as f:
+                f.write(b"c" * FILE)
+            os.unlink(d)
+            i += 1
+    except BaseException as e:  # pragma: no cover - reported by the test
+        errors.append(e)
+
+
+def test_sizing_while_the_snapshot_changes(tmp_path):
+    root = tmp_path / "vm"
+    root.mkdir()
+    (root / "static").write_bytes(os.urandom(FILE))
+    static = os.lstat(root / "static").st_blocks * 512
+    # At most one d{i} tree exists at a time: 5 files, or 1 file in its place.
+    bound = static + 5 * (FILE + 4096)
+    stop, errors = threading.Event(), []
+    t = threading.Thread(target=churn, args=(str(root), stop, errors))
+    t.start()
+    calls = 0
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            for value in (snapshot.dir_size(tmp_path, "vm"), snapshot.usage(root).allocated,
+                          snapshot.dir_sizes(tmp_path, ["vm", "vm"], workers=2)["vm"]):
+                assert static <= value <= bound
+            u = snapshot.usage(root, count_links=False, shared_extents=True)
+            assert u.files >= 1 and u.dirs >= 1 and 0 <= u.shared <= u.allocated <= bound
+            calls += 4
+    finally:
+        stop.set()
+        t.join()
+    assert not errors and calls > 20
+
+
+def big_tree(root, dirs=30, files=60):
+    for i in range(dirs):
+        d = root / f"d{i}" / "inner"
+        d.mkdir(parents=True)
+        for j in range(files):
+            (d / f"f{j}").write_bytes(b"x" * 100)
+        os.symlink("inner", root / f"d{i}" / "link")
+
+
+def test_removed_by_someone_else_halfway(tmp_path):
+    for attempt in range(5):
+        root = tmp_path / "base" / "vm"
+        big_tree(root)
+        errors = []
+
+        def rm():
+            try:
+                snapshot.remove(tmp_path / "base", "vm")
+            except BaseException as e:  # reported below
+                errors.append(e)
+        threads = [threading.Thread(target=rm) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and not root.exists()
+
+
+def test_threads_sizing_while_another_chdirs(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for i in range(6):
+        d = tmp_path / "base" / f"vm{i}"
+        big_tree(d, dirs=3, files=10 + i)
+    expected = {f"vm{i}": lstat_oracle(tmp_path / "base" / f"vm{i}")[0] for i in range(6)}
+    old = os.getcwd()
+    stop, errors = threading.Event(), []
+
+    def chdir_loop():
+        while not stop.is_set():
+            os.chdir(a)
+            os.chdir(b)
+
+    def sizer():
+        try:
+            for _ in range(40):
+                for n, v in expected.items():
+                    assert snapshot.dir_size(tmp_path / "base", n) == v
+                assert snapshot.dir_sizes(tmp_path / "base", workers=2) == expected
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=sizer) for _ in range(4)]
+    c = threading.Thread(target=chdir_loop)
+    c.start()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+        c.join()
+        os.chdir(old)
+    assert errors == []
+
+
+def test_library_never_changes_the_working_directory(tmp_path):
+    for i in range(4):
+        big_tree(tmp_path / "base" / f"vm{i}", dirs=10, files=20)
+    here = os.getcwd()
+    seen, stop = set(), threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.add(os.getcwd())
+
+    w = threading.Thread(target=watch)
+    w.start()
+    try:
+        for _ in range(30):
+            snapshot.dir_sizes(tmp_path / "base", workers=2)
+            snapshot.usage(tmp_path / "base", count_links=False, shared_extents=True)
+            snapshot.remove(tmp_path, "nothing")
+    finally:
+        stop.set()
+        w.join()
+    assert seen == {here}
