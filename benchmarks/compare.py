@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         rss1 = rss_kib()
 
         n = len(names)
-        cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
         fstype = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", base], capture_output=True,
                                 text=True).stdout.strip() or "?"
         print(f"\nMachine: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, Python "

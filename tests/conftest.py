@@ -5,11 +5,9 @@ import os
 import pickle
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-import snapshot
 from snapshot import _pydu, _size
 
 try:

@@ -129,7 +129,7 @@ def test_json_paths(trees, capsys):
 # ---- the fleet report ------------------------------------------------------------
 
 def make_fleet(base):
-    for i, name in enumerate(["small", "big", "middle"]):
+    for name in ["small", "big", "middle"]:
         d = base / name
         d.mkdir(parents=True)
         with open(d / snapshot.CH_MEM_RANGES_FILE, "wb") as f:
@@ -236,8 +236,8 @@ def test_snapshots_shared_columns_on_reflink_fs(xfs, capsys):
     (xfs / "base" / "vm").mkdir()
     with open(xfs / "base" / "tpl" / "rootfs.ext4", "wb") as f:
         f.write(os.urandom(4 << 20))
-    subprocess.run(["cp", "--reflink=always", xfs / "base" / "tpl" / "rootfs.ext4", xfs / "base" / "vm" / "rootfs.ext4"],
-                   check=True)
+    subprocess.run(["cp", "--reflink=always", xfs / "base" / "tpl" / "rootfs.ext4",
+                    xfs / "base" / "vm" / "rootfs.ext4"], check=True)
     with open(xfs / "base" / "vm" / "rootfs.ext4", "r+b") as f:
         f.write(os.urandom(1 << 20))
     os.sync()

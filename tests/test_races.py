@@ -72,7 +72,7 @@ def big_tree(root, dirs=30, files=60):
 
 
 def test_removed_by_someone_else_halfway(tmp_path):
-    for attempt in range(5):
+    for _ in range(5):
         root = tmp_path / "base" / "vm"
         big_tree(root)
         errors = []

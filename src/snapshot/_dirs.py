@@ -45,7 +45,7 @@ def remove(base_dir: StrPath, name: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISDIR(st.st_mode):
-        _unlink(path, None)
+        _remove_entry(os.unlink, path, None)
         return
     try:
         top = os.open(path, _DIR_FLAGS)
@@ -53,7 +53,7 @@ def remove(base_dir: StrPath, name: str) -> None:
         if e.errno in _GONE:
             return
         if e.errno in _NOT_DIR:
-            _unlink(path, None)
+            _remove_entry(os.unlink, path, None)
             return
         raise
     _remove_contents(top)  # closes top
@@ -63,9 +63,11 @@ def remove(base_dir: StrPath, name: str) -> None:
         pass
 
 
-def _unlink(name, dir_fd) -> None:
+def _remove_entry(remove_fn, name, dir_fd) -> None:
+    """os.unlink or os.rmdir: already gone is fine; a read-only parent
+    directory (inside the snapshot) is made writable once and the call retried."""
     try:
-        os.unlink(name, dir_fd=dir_fd)
+        remove_fn(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
     except PermissionError:
@@ -73,7 +75,7 @@ def _unlink(name, dir_fd) -> None:
             raise
         _make_writable(dir_fd)
         try:
-            os.unlink(name, dir_fd=dir_fd)
+            remove_fn(name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
 
@@ -92,7 +94,7 @@ def _open_subdir(parent: int, name: str):
         if e.errno in _GONE:
             return None
         if e.errno in _NOT_DIR:
-            _unlink(name, parent)
+            _remove_entry(os.unlink, name, parent)
             return None
         if e.errno not in _DENIED:
             raise
@@ -112,19 +114,6 @@ def _open_subdir(parent: int, name: str):
         return None
 
 
-def _rmdir(name: str, parent: int) -> None:
-    try:
-        os.rmdir(name, dir_fd=parent)
-    except FileNotFoundError:
-        pass
-    except PermissionError:
-        _make_writable(parent)
-        try:
-            os.rmdir(name, dir_fd=parent)
-        except FileNotFoundError:
-            pass
-
-
 def _remove_contents(top: int) -> None:
     """Empty the directory open as *top*, depth first; closes every fd it opens."""
     stack = [(top, os.scandir(top), None)]  # (fd, listing, name in parent)
@@ -137,7 +126,7 @@ def _remove_contents(top: int) -> None:
                 stack.pop()
                 os.close(fd)
                 if stack:
-                    _rmdir(dname, stack[-1][0])
+                    _remove_entry(os.rmdir, dname, stack[-1][0])
                 continue
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
@@ -145,7 +134,7 @@ def _remove_contents(top: int) -> None:
                 continue
             if not is_dir:
                 try:
-                    _unlink(entry.name, fd)
+                    _remove_entry(os.unlink, entry.name, fd)
                 except IsADirectoryError:  # became a directory meanwhile
                     is_dir = True
             if is_dir:

@@ -462,32 +462,30 @@ def encode_path(base_dir, name):
     return out
 
 
-def dir_size(base_dir, name):
-    """Allocated bytes (st_blocks * 512) of the non-directories under base_dir/name."""
-    cdef bytes path = encode_path(base_dir, name)
+cdef int _walk_here(bytes path, int flags, Totals *t) except -1:
+    """One walk on the calling thread, GIL released; raises its failure."""
     cdef const char *c = _c_path(path)
-    cdef Totals t
     cdef Failure fail
     cdef int rc
-    _zero(&t)
+    _zero(t)
     with nogil:
-        rc = _walk(c, 0, &t, &fail, 1, NULL)
+        rc = _walk(c, flags, t, &fail, 1, NULL)
     if rc:
         _raise_failure(rc, &fail)
+    return 0
+
+
+def dir_size(base_dir, name):
+    """Allocated bytes (st_blocks * 512) of the non-directories under base_dir/name."""
+    cdef Totals t
+    _walk_here(encode_path(base_dir, name), 0, &t)
     return sum_to_int(t.blocks, 512)
 
 
 def walk(bytes path, int flags):
     """(allocated, apparent, files, dirs, shared, shared_physical) for *path*."""
-    cdef const char *c = _c_path(path)
     cdef Totals t
-    cdef Failure fail
-    cdef int rc
-    _zero(&t)
-    with nogil:
-        rc = _walk(c, flags, &t, &fail, 1, NULL)
-    if rc:
-        _raise_failure(rc, &fail)
+    _walk_here(path, flags, &t)
     return _as_tuple(&t)
 
 

@@ -50,10 +50,14 @@ def printable(s: str) -> str:
     return s if s.isprintable() else "".join(_escape_char(c) for c in s)
 
 
+def _undecodable(c: str) -> bool:
+    return "\udc80" <= c <= "\udcff"  # a byte that was not UTF-8, from surrogateescape
+
+
 def _escape_char(c: str) -> str:
     if c.isprintable():
         return c
-    if "\udc80" <= c <= "\udcff":  # an undecodable byte, from surrogateescape
+    if _undecodable(c):
         return f"\\x{ord(c) - 0xdc00:02x}"
     return c.encode("unicode_escape").decode("ascii")
 
@@ -175,7 +179,7 @@ def as_json(report: Report) -> str:
 def _label(value: str) -> str:
     # The exposition format escapes backslash, double quote and newline in label values.
     # Undecodable bytes (surrogateescape) are written as \xNN text, since the format is UTF-8.
-    value = "".join(f"\\x{ord(c) - 0xdc00:02x}" if "\udc80" <= c <= "\udcff" else c for c in value)
+    value = "".join(_escape_char(c) if _undecodable(c) else c for c in value)
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
@@ -183,7 +187,8 @@ def prometheus(report: Report) -> str:
     metrics = [("snapshot_allocated_bytes", "allocated", "Bytes allocated to the snapshot's files (st_blocks * 512)."),
                ("snapshot_apparent_bytes", "apparent", "Apparent size of the snapshot's files (st_size).")]
     if report.shared:
-        metrics += [("snapshot_shared_bytes", "shared", "Allocated bytes in extents shared with other files (reflinks)."),
+        metrics += [("snapshot_shared_bytes", "shared",
+                     "Allocated bytes in extents shared with other files (reflinks)."),
                     ("snapshot_exclusive_bytes", "exclusive", "Allocated bytes in extents not shared.")]
     out = []
     for metric, attr, doc in metrics:
