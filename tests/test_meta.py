@@ -118,8 +118,9 @@ def test_write_replaces_and_leaves_no_temp_file(snap):
 
 
 def test_write_needs_the_snapshot_dir(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as e:
         write_meta(tmp_path, "missing", RootfsMeta("a"))
+    assert e.value.filename == snapshot.meta_path(tmp_path, "missing")
     assert not (tmp_path / "missing").exists()
 
 

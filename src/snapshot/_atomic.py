@@ -1,8 +1,11 @@
 """Replacing a file so that readers see the old bytes or the new, never a mix."""
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+
+from ._errors import os_error
 
 
 def atomic_write(path: str, data: bytes, temp_prefix: str, mode: int = 0o644) -> None:
@@ -15,7 +18,10 @@ def atomic_write(path: str, data: bytes, temp_prefix: str, mode: int = 0o644) ->
     """
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, temp_prefix + secrets.token_hex(8))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except OSError as e:  # name the file the caller asked for, not our temporary one
+        raise os_error(e.errno or errno.EIO, path) from None
     try:
         try:
             view = memoryview(data)

@@ -116,7 +116,7 @@ def _open_subdir(parent: int, name: str):
 
 def _remove_contents(top: int) -> None:
     """Empty the directory open as *top*, depth first; closes every fd it opens."""
-    stack = [(top, os.scandir(top), None)]  # (fd, listing, name in parent)
+    stack: list = [(top, os.scandir(top), None)]  # (fd, listing, name in parent)
     try:
         while stack:
             fd, listing, dname = stack[-1]

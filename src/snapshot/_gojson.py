@@ -58,7 +58,7 @@ def _go_replace(err: UnicodeDecodeError):
     return "\ufffd", err.start + 1
 
 
-codecs.register_error("snapshot-go-utf8", _go_replace)
+codecs.register_error("snapshot-go-utf8", _go_replace)  # type: ignore[arg-type]
 
 _WS = b" \t\r\n"
 _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -98,6 +98,7 @@ class _Doc:
         parts = []
         while True:
             m = _PLAIN.match(data, self.pos)
+            assert m is not None  # the pattern matches the empty string
             if m.end() > self.pos:
                 parts.append(data[self.pos:m.end()].decode("utf-8", "snapshot-go-utf8"))
                 self.pos = m.end()
@@ -174,7 +175,7 @@ class _Doc:
 
     def skip_value(self, depth: int) -> None:
         """Validate and skip any value, iteratively (no recursion limit)."""
-        stack = []  # b"}" or b"]" per open container
+        stack: list = []  # b"{" or b"[" per open container
         while True:
             self.skip_ws()
             c = self.data[self.pos:self.pos + 1]

@@ -32,6 +32,11 @@ _NO_FIEMAP = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL)
 _CHANGED = (errno.ENOENT, errno.ENOTDIR)
 
 
+def _failed(e: OSError, path: bytes) -> OSError:
+    """The exception to raise for *e*, naming *path* the way the compiled walker does."""
+    return os_error(e.errno or errno.EIO, path)
+
+
 def _shared_extents(path: bytes, dev: int, ranges: list) -> int:
     """Bytes of *path* in extents flagged shared (same rules as _du.file_shared)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -106,13 +111,13 @@ def walk(path: bytes, flags: int) -> tuple:
             except OSError as e:
                 if e.errno in _CHANGED:
                     return
-                raise os_error(e.errno, p) from None
+                raise _failed(e, p) from None
             shared += min(n, st.st_blocks * 512)
 
     try:
         st = os.lstat(path)
     except OSError as e:
-        raise os_error(e.errno, path) from None
+        raise _failed(e, path) from None
     if not stat.S_ISDIR(st.st_mode):
         add(path, st)
     else:
@@ -127,14 +132,14 @@ def walk(path: bytes, flags: int) -> tuple:
             except OSError as e:
                 if e.errno in _CHANGED and d is not path:
                     continue
-                raise os_error(e.errno, d) from None
+                raise _failed(e, d) from None
             for entry in entries:
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except OSError as e:
                     if e.errno in _CHANGED:
                         continue
-                    raise os_error(e.errno, entry.path) from None
+                    raise _failed(e, entry.path) from None
                 if stat.S_ISDIR(st.st_mode):
                     if one_fs and st.st_dev != root_dev:
                         continue

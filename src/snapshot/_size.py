@@ -81,7 +81,8 @@ def usages(base_dir: StrPath, names: List[str], *, workers: Optional[int] = None
     paths = [_impl.encode_path(base_dir, n) for n in names]
     flags = _flags(count_links, one_file_system, shared_extents)
     results = _impl.walk_many(paths, flags, _workers(workers, len(paths)), False)
-    return [r if isinstance(r, OSError) else _to_usage(r, shared_extents) for r in results]
+    # Without stop_on_error every path is walked: each result is a tuple or an OSError.
+    return [r if isinstance(r, OSError) else _to_usage(r, shared_extents) for r in results]  # type: ignore[arg-type]
 
 
 def dir_sizes(base_dir: StrPath, names: Optional[Iterable[str]] = None, *,
@@ -94,5 +95,6 @@ def dir_sizes(base_dir: StrPath, names: Optional[Iterable[str]] = None, *,
     for name, r in zip(names, results):
         if isinstance(r, OSError):
             raise r
+        assert r is not None  # names are left unwalked (None) only after a failed one
         out[name] = r[0]
     return out

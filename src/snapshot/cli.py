@@ -70,7 +70,7 @@ def _paths_mode(args) -> tuple:
         total += size
         cols = [_report.format_size(size, unit)]
         if args.shared:
-            total_shared += u.shared
+            total_shared += u.shared or 0
             cols += [_report.format_size(u.shared, unit), _report.format_size(u.exclusive, unit)]
         lines.append("\t".join(cols + [path]))
         records.append({"path": path, "size": size, **vars(u)})
