@@ -1,6 +1,7 @@
 """Side by side, in one run, interleaved: snapshot.dir_size / dir_sizes, the
 pure-Python walker, GNU du and a C program using fts(3) (ftsdu.c, compiled here
-with the system compiler).  Prints a Markdown table of medians and ratios.
+with the system compiler; also run with -a, an openat/fstatat walk, to show what
+full-path lstat costs fts).  Prints a Markdown table of medians and ratios.
 
     python benchmarks/compare.py [--rounds 15] [--fleet 2000] [--tree /usr]
 
@@ -35,9 +36,10 @@ def build_c(tmp: str) -> str:
     return exe
 
 
-def run_c(exe, paths, threads=1):
-    """(total bytes, seconds measured inside the C program)."""
-    out = subprocess.run([exe, "-j", str(threads)] + paths, check=True, capture_output=True, text=True).stdout
+def run_c(exe, paths, threads=1, at=False):
+    """(total bytes, seconds measured inside the C program); at: openat/fstatat instead of fts."""
+    out = subprocess.run([exe, "-j", str(threads)] + (["-a"] if at else []) + paths, check=True,
+                         capture_output=True, text=True).stdout
     hi, lo, ns = (int(x) for x in out.split())
     return (hi << 64) + lo, ns / 1e9
 
@@ -93,6 +95,7 @@ def main(argv=None) -> int:
         fleet = {
             "C fts, 1 thread": lambda: run_c(exe, fleet_paths, 1),
             "C fts, 2 threads": lambda: run_c(exe, fleet_paths, 2),
+            "C openat/fstatat, 1 thread": lambda: run_c(exe, fleet_paths, 1, at=True),
             "GNU du -s -B1 -l": lambda: run_du(fleet_paths),
             "dir_size loop": lambda: timed(loop_dir_size),
             "dir_sizes, 1 worker": lambda: timed(lambda: sum(snapshot.dir_sizes(base, names, workers=1).values())),
@@ -101,6 +104,7 @@ def main(argv=None) -> int:
         }
         big = {
             "C fts, 1 thread": lambda: run_c(exe, [tree], 1),
+            "C openat/fstatat, 1 thread": lambda: run_c(exe, [tree], 1, at=True),
             "GNU du -s -B1 -l": lambda: run_du([tree]),
             "dir_size": lambda: timed(lambda: snapshot.dir_size(tree_base, tree_name)),
             "pure-Python walker": lambda: timed(lambda: _pydu.dir_size(tree_base, tree_name)),

@@ -1,14 +1,21 @@
 /* The C baseline for benchmarks/compare.py: what dir_size does, in plain C.
  *
- *   ftsdu [-j THREADS] PATH...
+ *   ftsdu [-j THREADS] [-a] PATH...
  *
  * Sizes each PATH with its own fts_open(FTS_PHYSICAL | FTS_NOCHDIR), as
  * snapshot.dir_size does per snapshot: st_blocks * 512 over non-directories,
  * entries that vanish below the root skipped.  THREADS workers take paths from
  * a shared counter.  Prints the byte total and the nanoseconds spent sizing
  * (process start-up and argument parsing excluded).
+ *
+ * -a walks with openat/fdopendir/fstatat instead of fts: every lstat names an
+ * entry relative to its directory's descriptor, as GNU du's fts does, instead
+ * of the full path that glibc fts must pass when it may not chdir.  It shows
+ * what the kernel's path walk costs; the library itself uses fts.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <fts.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -52,13 +59,73 @@ out:
     return rc;
 }
 
+static int use_at;
+
+/* Adds the blocks of everything below the open directory dfd; closes dfd. */
+static int walk_at(int dfd, unsigned __int128 *blocks)
+{
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return errno;
+    }
+    struct dirent *de;
+    int rc = 0;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.' && (!de->d_name[1] || (de->d_name[1] == '.' && !de->d_name[2])))
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            if (errno == ENOENT)
+                continue;
+            rc = errno;
+            break;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub < 0) {
+                if (errno == ENOENT)
+                    continue;
+                rc = errno;
+                break;
+            }
+            if ((rc = walk_at(sub, blocks)) != 0)
+                break;
+        } else {
+            *blocks += (unsigned long long)st.st_blocks;
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+static int size_one_at(char *path, unsigned __int128 *out)
+{
+    struct stat st;
+    unsigned __int128 blocks = 0;
+    if (lstat(path, &st) != 0)
+        return errno;
+    if (!S_ISDIR(st.st_mode)) {
+        *out += (unsigned __int128)(unsigned long long)st.st_blocks * 512;
+        return 0;
+    }
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    int rc = walk_at(fd, &blocks);
+    if (rc)
+        fprintf(stderr, "ftsdu: %s: %s\n", path, strerror(rc));
+    *out += blocks * 512;
+    return rc;
+}
+
 static void *worker(void *arg)
 {
     unsigned __int128 total = 0;
     long i;
     (void)arg;
     while ((i = __atomic_fetch_add(&next_index, 1, __ATOMIC_RELAXED)) < npaths)
-        if (size_one(paths[i], &total))
+        if ((use_at ? size_one_at : size_one)(paths[i], &total))
             exit(1);
     pthread_mutex_lock(&total_lock);
     grand_total += total;
@@ -69,16 +136,18 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int threads = 1, opt;
-    while ((opt = getopt(argc, argv, "j:")) != -1) {
+    while ((opt = getopt(argc, argv, "j:a")) != -1) {
         if (opt == 'j')
             threads = atoi(optarg);
+        else if (opt == 'a')
+            use_at = 1;
         else
             return 2;
     }
     paths = argv + optind;
     npaths = argc - optind;
     if (threads < 1 || npaths < 1) {
-        fprintf(stderr, "usage: ftsdu [-j THREADS] PATH...\n");
+        fprintf(stderr, "usage: ftsdu [-j THREADS] [-a] PATH...\n");
         return 2;
     }
     pthread_t *t = calloc(threads, sizeof *t);
