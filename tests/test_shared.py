@@ -1,5 +1,6 @@
 """Shared-extent accounting (FIEMAP), for real on a reflink XFS and on ext4/tmpfs."""
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -96,3 +97,34 @@ def test_no_fiemap_at_all_is_not_shared(tmpfs):
     write_random(tmpfs / "a", MiB)
     u = snapshot.usage(tmpfs, shared_extents=True)
     assert u.shared == 0 and u.exclusive == u.allocated == MiB
+
+
+def punch_hole(fd, offset, length):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+    if libc.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length) != 0:
+        raise OSError(ctypes.get_errno(), "fallocate(PUNCH_HOLE)")
+
+
+def test_files_with_more_extents_than_one_fiemap_call(xfs):
+    if shutil.which("filefrag") is None:
+        pytest.skip("filefrag (e2fsprogs) is not installed: it proves the extent count")
+    # 400 separate extents (every other 4 KiB block punched out): the walkers ask 128 at a time.
+    write_random(xfs / "holes", 800 * 4096)
+    with open(xfs / "holes", "r+b") as f:
+        for i in range(400):
+            punch_hole(f.fileno(), (2 * i + 1) * 4096, 4096)
+        os.fsync(f.fileno())
+    reflink(xfs / "holes", xfs / "copy")
+    out = subprocess.run(["filefrag", "-v", str(xfs / "copy")], capture_output=True, text=True).stdout
+    rows = [line for line in out.splitlines() if line.strip()[:1].isdigit() and ".." in line]
+    assert len(rows) == 400, out  # really that many extents (filefrag -v lists one per row)
+    u = snapshot.usage(xfs / "copy", shared_extents=True)
+    assert u.shared == u.shared_physical == 400 * 4096
+    # st_blocks also counts XFS's extent-map btree blocks (400 extents do not fit in the
+    # inode); they are the file's own, so exclusive.
+    assert u.allocated == u.shared + u.exclusive and 0 <= u.exclusive <= 4 * 4096
+    both = snapshot.usage(xfs, shared_extents=True)
+    assert both.shared == 2 * 400 * 4096 and both.shared_physical == 400 * 4096

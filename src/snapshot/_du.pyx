@@ -16,7 +16,7 @@ from libc.errno cimport errno, ENOENT, ENOMEM, ENOTDIR, ENOTTY, EOPNOTSUPP, EINV
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc, calloc, qsort
 from libc.string cimport memchr, memcpy, strdup
-from posix.stat cimport struct_stat, S_ISREG, S_ISDIR
+from posix.stat cimport struct_stat
 from posix.unistd cimport close
 
 import os
@@ -275,8 +275,8 @@ cdef int file_shared(const char *path, uint64_t dev, fiemap *fm, RangeList *rang
                     close(fd)
                     return ENOMEM
         e = &fm.fm_extents[fm.fm_mapped_extents - 1]
-        if e.fe_flags & FIEMAP_EXTENT_LAST:
-            break
+        if (e.fe_flags & FIEMAP_EXTENT_LAST) or e.fe_logical + e.fe_length <= start:
+            break  # the end, or a filesystem that would make us loop forever
         start = e.fe_logical + e.fe_length
     close(fd)
     return 0

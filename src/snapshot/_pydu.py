@@ -61,8 +61,8 @@ def _shared_extents(path: bytes, dev: int, ranges: list) -> int:
                 if flags & EXTENT_SHARED and not flags & _NOT_PLACED:
                     shared += length
                     ranges.append((dev, physical, physical + length))
-            if flags & EXTENT_LAST:
-                break
+            if flags & EXTENT_LAST or logical + length <= start:
+                break  # the end, or a filesystem that would make us loop forever
             start = logical + length
         return shared
     finally:
