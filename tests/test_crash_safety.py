@@ -27,6 +27,9 @@ OLD = snapshot.RootfsMeta("old")
 
 def test_sigkill_never_tears_rootfs_meta(tmp_path):
     snapshot.ensure_dir(tmp_path, "vm")
+    t = time.monotonic()
+    snapshot.write_meta(tmp_path, "vm", A)  # how long one write takes on this disk
+    one_write = time.monotonic() - t
     snapshot.write_meta(tmp_path, "vm", OLD)
     rng = random.Random(1234)
     seen = set()
@@ -34,7 +37,7 @@ def test_sigkill_never_tears_rootfs_meta(tmp_path):
     for _ in range(kills):
         p = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE)
         assert p.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0, 0.15))
+        time.sleep(rng.uniform(0, 5 * one_write))  # anywhere in the first few writes
         p.send_signal(signal.SIGKILL)
         p.wait()
         p.stdout.close()
