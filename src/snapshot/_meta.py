@@ -6,13 +6,12 @@ file or the new one, never a torn one.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from ._atomic import atomic_write
 from ._errors import MetaError
 from ._gojson import INT64_MAX, INT64_MIN, GoJSONError, decode_object, encode_string
-from ._paths import ROOTFS_META_NAME, StrPath, dir_path
+from ._paths import ROOTFS_META_NAME, StrPath, meta_path
 
 # Temporary files are ".rootfs.meta.<random>": hidden, and never the name read_meta opens.
 TEMP_PREFIX = "." + ROOTFS_META_NAME + "."
@@ -60,7 +59,7 @@ def decode_meta(data: bytes, filename=None) -> RootfsMeta:
 
 
 def write_meta(base_dir: StrPath, name: str, meta: RootfsMeta) -> None:
-    path = os.path.join(dir_path(base_dir, name), ROOTFS_META_NAME)
+    path = meta_path(base_dir, name)
     try:
         data = encode_meta(meta)
     except MetaError as e:
@@ -70,7 +69,7 @@ def write_meta(base_dir: StrPath, name: str, meta: RootfsMeta) -> None:
 
 
 def read_meta(base_dir: StrPath, name: str) -> RootfsMeta:
-    path = os.path.join(dir_path(base_dir, name), ROOTFS_META_NAME)
+    path = meta_path(base_dir, name)
     with open(path, "rb") as f:
         data = f.read()
     return decode_meta(data, path)
