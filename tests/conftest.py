@@ -12,10 +12,10 @@ from snapshot import _pydu, _size
 
 try:
     from snapshot import _du
-except ImportError:  # only where fts cannot exist; _size refuses to import on Linux without it
+except ImportError:  # only off Linux; _size refuses to import on Linux without it
     _du = None
 
-WALKERS = {"fts": _du, "python": _pydu}
+WALKERS = {"openat": _du, "python": _pydu}
 
 
 @pytest.fixture(params=sorted(WALKERS))
@@ -23,7 +23,7 @@ def walker(request, monkeypatch):
     """Run the test with snapshot's public API bound to one walker."""
     impl = WALKERS[request.param]
     if impl is None:
-        pytest.skip("the compiled walker does not exist on this platform (no fts)")
+        pytest.skip("the compiled walker is built on Linux only")
     monkeypatch.setattr(_size, "_impl", impl)
     return impl
 

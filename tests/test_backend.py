@@ -10,7 +10,7 @@ def test_compiled_walker_is_used_on_linux():
     if not sys.platform.startswith("linux"):
         pytest.skip("the compiled walker is built on Linux only")
     from snapshot import _du
-    assert snapshot.BACKEND == "fts"
+    assert snapshot.BACKEND == "openat"
     assert _size._impl is _du
 
 

@@ -1,7 +1,7 @@
 """snapshot: Cloud Hypervisor snapshot layout, Go-compatible rootfs metadata,
 and fast allocated-block sizing.
 
-``BACKEND`` names the walker in use: "fts" (compiled, _du.pyx) or "python".
+``BACKEND`` names the walker in use: "openat" (compiled, _du.pyx) or "python".
 """
 from ._dirs import ensure_dir, remove
 from ._errors import MetaError

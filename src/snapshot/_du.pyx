@@ -1,22 +1,33 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The compiled walker: fts(3) with the GIL released for the whole walk.
+"""The compiled walker: descriptor-relative system calls, the GIL released for the whole walk.
 
-One loop, ``_walk``, serves every caller (dir_size, dir_sizes, usage); its
-options are bits of an int.  Per entry it does what fts does (one lstat,
-read from ``fts_statp``) plus a few additions in C: no Python object is made
-per entry.  Errors leave the loop as (errno, path) and become exceptions in
-one place, ``_errors.os_error``, once the GIL is held again.
+Every directory is opened relative to its parent's descriptor
+(``openat(parent, name, O_DIRECTORY|O_NOFOLLOW)``), read with getdents64, and
+every entry that is not a directory is ``fstatat(dir, name, AT_SYMLINK_NOFOLLOW)``:
+the kernel resolves one component per call, and a directory swapped for a
+symlink is never followed.  Directories are not stat'ed unless an option needs
+it (``one_file_system`` needs their ``st_dev``).
 
-dir_sizes runs ``workers`` threads that each release the GIL once and take
-names from a shared counter until none are left (pthreads, no Python thread
-state); the calling thread is one of them, and it alone checks for signals.
+One walk is a tree of ``Node``s (one per directory) and a stack of directories
+still to open.  A node keeps its descriptor while children wait to be opened
+from it; past the walk's descriptor budget the shallowest idle ones are closed
+(their st_dev/st_ino recorded) and reopened later from the nearest open
+ancestor, name by name, checked against what was recorded.  So any depth is
+walked with a fixed number of descriptors, and several threads can share one
+walk: they take directories from the one stack (``usage(workers=N)``).
+
+One loop serves every caller (dir_size, dir_sizes, usage); options are bits of
+an int.  No Python object is made per entry.  Errors leave the loop as (errno,
+path) and become exceptions in one place, ``_errors.os_error``, once the GIL is
+held again.  Only the calling thread looks at signals; a thread that waits for
+others waits with a timeout and looks too.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
-from libc.errno cimport errno, ENOENT, ENOMEM, ENOTDIR, ENOTTY, EOPNOTSUPP, EINVAL
-from libc.stdint cimport uint32_t, uint64_t
+from libc.errno cimport errno, ENOENT, ENOMEM, ENOTDIR, ENOTTY, EOPNOTSUPP, EINVAL, ELOOP, EMFILE, ENFILE, EAGAIN
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc, calloc, qsort
-from libc.string cimport memchr, memcpy, strdup
-from posix.stat cimport struct_stat
+from libc.string cimport memchr, memcpy, memcmp, strdup, strlen
+from posix.stat cimport struct_stat, fstat, S_ISDIR, S_ISREG
 from posix.unistd cimport close
 
 import os
@@ -30,27 +41,14 @@ cdef extern from "Python.h":
     bytes PyUnicode_EncodeFSDefault(object unicode)
 
 cdef extern from "<fcntl.h>" nogil:
+    int openat(int dirfd, const char *path, int flags, ...)
     int c_open "open"(const char *path, int flags, ...)
-    enum: O_RDONLY, O_NOFOLLOW, O_NONBLOCK, O_NOCTTY, O_CLOEXEC
+    enum: O_RDONLY, O_NOFOLLOW, O_NONBLOCK, O_NOCTTY, O_CLOEXEC, O_DIRECTORY, O_PATH
+    enum: AT_FDCWD, AT_SYMLINK_NOFOLLOW
 
-cdef extern from "<fts.h>" nogil:
-    ctypedef struct FTS:
-        pass
-    ctypedef struct FTSENT:
-        unsigned short fts_info
-        char *fts_path
-        char *fts_accpath
-        int fts_errno
-        short fts_level
-        struct_stat *fts_statp
-    FTS *fts_open(char * const *path_argv, int options, void *compar)
-    FTSENT *fts_read(FTS *ftsp)
-    int fts_set(FTS *ftsp, FTSENT *f, int options)
-    int fts_close(FTS *ftsp)
-    enum:
-        FTS_PHYSICAL, FTS_NOCHDIR, FTS_SKIP
-        FTS_D, FTS_DC, FTS_DEFAULT, FTS_DNR, FTS_DP, FTS_ERR
-        FTS_F, FTS_NS, FTS_NSOK, FTS_SL, FTS_SLNONE
+cdef extern from "<sys/stat.h>" nogil:
+    int fstatat(int dirfd, const char *path, struct_stat *buf, int flags)
+    int lstat(const char *path, struct_stat *buf)
 
 cdef extern from "<sys/ioctl.h>" nogil:
     int ioctl(int fd, unsigned long request, ...)
@@ -75,39 +73,132 @@ cdef extern from "<linux/fiemap.h>":
         FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, FIEMAP_EXTENT_UNKNOWN
         FIEMAP_EXTENT_DELALLOC, FIEMAP_EXTENT_DATA_INLINE, FIEMAP_EXTENT_NOT_ALIGNED
 
+ctypedef void *(*start_fn)(void *) noexcept nogil
+
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
-    ctypedef void *(*start_fn)(void *) noexcept nogil
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
     int pthread_create(pthread_t *thread, void *attr, start_fn start, void *arg)
     int pthread_join(pthread_t thread, void **retval)
+    int pthread_mutex_init(pthread_mutex_t *m, void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, void *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_broadcast(pthread_cond_t *c)
 
 cdef extern from *:
     """
+    #include <errno.h>
+    #include <stdint.h>
+    #include <string.h>
+    #include <time.h>
+    #include <pthread.h>
+    #include <unistd.h>
+    #include <sys/syscall.h>
+    #include <sys/resource.h>
+    #include <dirent.h>
+    #include <linux/btrfs.h>
+
     /* Relaxed atomics are enough: a counter handing out indices, and flags
        that only ever go from 0 to 1. */
     static inline Py_ssize_t snap_take(Py_ssize_t *p) { return __atomic_fetch_add(p, 1, __ATOMIC_RELAXED); }
     static inline int snap_get(int *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
     static inline void snap_set(int *p) { __atomic_store_n(p, 1, __ATOMIC_RELAXED); }
-    #include <errno.h>
-    static inline void snap_clear_errno(void) { errno = 0; }
+    static inline void snap_set_errno(int e) { errno = e; }
+
+    /* getdents64 by system call: glibc has a wrapper only since 2.30. */
+    struct snap_dirent64 { uint64_t d_ino; int64_t d_off; unsigned short d_reclen; unsigned char d_type; char d_name[]; };
+    static inline long snap_getdents(int fd, char *buf, size_t n) { return syscall(SYS_getdents64, fd, buf, n); }
+    static inline unsigned short snap_reclen(const char *p) { return ((const struct snap_dirent64 *)p)->d_reclen; }
+    static inline unsigned char snap_type(const char *p) { return ((const struct snap_dirent64 *)p)->d_type; }
+    static inline const char *snap_name(const char *p) { return ((const struct snap_dirent64 *)p)->d_name; }
+
+    /* Wait on a condition for at most ms milliseconds. */
+    static inline void snap_timedwait(pthread_cond_t *c, pthread_mutex_t *m, long ms) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += ms * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(c, m, &ts);
+    }
+
+    /* The soft RLIMIT_NOFILE, or a small default. */
+    static inline long snap_nofile(void) {
+        struct rlimit r;
+        if (getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY || r.rlim_cur > 1L << 20)
+            return 1L << 20;
+        return (long)r.rlim_cur;
+    }
+
+    /* Which filesystem a descriptor is on, as 16 bytes: FIEMAP's physical
+       addresses are per filesystem, but each btrfs subvolume has its own st_dev.
+       FS_IOC_GETFSUUID (Linux 6.5) where there is one, else btrfs's fs info,
+       else 0: the caller keys by st_dev. */
+    struct snap_fsuuid2 { uint8_t len; uint8_t uuid[16]; };
+    #ifndef FS_IOC_GETFSUUID
+    #define FS_IOC_GETFSUUID _IOR(0x15, 0, struct snap_fsuuid2)
+    #endif
+    static int snap_fs_identity(int fd, uint64_t out[2]) {
+        struct snap_fsuuid2 u;
+        struct btrfs_ioctl_fs_info_args info;
+        memset(&info, 0, sizeof info);
+        if (ioctl(fd, BTRFS_IOC_FS_INFO, &info) == 0) {
+            memcpy(out, info.fsid, 16);
+            return 1;
+        }
+        memset(&u, 0, sizeof u);
+        if (ioctl(fd, FS_IOC_GETFSUUID, &u) == 0 && u.len == 16) {
+            memcpy(out, u.uuid, 16);
+            return 1;
+        }
+        return 0;
+    }
     """
-    void snap_clear_errno() nogil
     Py_ssize_t snap_take(Py_ssize_t *p) nogil
     int snap_get(int *p) nogil
     void snap_set(int *p) nogil
+    void snap_set_errno(int e) nogil
+    long snap_getdents(int fd, char *buf, size_t n) nogil
+    unsigned short snap_reclen(const char *p) nogil
+    unsigned char snap_type(const char *p) nogil
+    const char *snap_name(const char *p) nogil
+    void snap_timedwait(pthread_cond_t *c, pthread_mutex_t *m, long ms) nogil
+    long snap_nofile() nogil
+    int snap_fs_identity(int fd, uint64_t *out) nogil
+    enum: DT_DIR, DT_UNKNOWN
 
 cdef int F_UNIQUE = UNIQUE_INODES
 cdef int F_ONE_FS = ONE_FILE_SYSTEM
 cdef int F_SHARED = SHARED_EXTENTS
 
 cdef enum:
-    # How many entries between two looks at pending signals (Ctrl-C): a few ms of walking.
+    # How many entries between two looks at pending signals (Ctrl-C): well under a ms of walking.
     SIGNAL_EVERY = 1024
+    # How long a thread that waits for others waits before it looks at signals again.
+    WAIT_MS = 10
     EXTENTS_PER_CALL = 128
+    DENTS_BYTES = 32768
+    FS_KEYS = 8
     # _walk's return codes besides 0 (success) and an errno.
     INTERRUPTED = -1  # a Python exception (KeyboardInterrupt) is set in this thread
     CANCELLED = -2    # another thread asked this walk to stop
     NOT_RUN = -3      # a batch stopped before this path was taken
+    # file_shared's besides 0 and an errno.
+    CHANGED = -4      # not the file that was counted any more: skip it
+    UNMAPPED = -5     # under another process's lease: its extents cannot be read now
+
+cdef int DIR_FLAGS = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY
+
+# Threads: at most this many per CPU the process may use, and never more than MAX_THREADS.
+THREADS_PER_CPU = 4
+MAX_THREADS = 256
 
 
 # ---- exact sums: counters that cannot wrap ---------------------------------
@@ -120,6 +211,10 @@ cdef inline void add128(Sum128 *s, uint64_t v) noexcept nogil:
     s.lo += v
     if s.lo < v:
         s.hi += 1
+
+cdef inline void merge128(Sum128 *s, Sum128 v) noexcept nogil:
+    add128(s, v.lo)
+    s.hi += v.hi
 
 cdef object sum_to_int(Sum128 s, int scale):
     if s.hi == 0 and s.lo < (<uint64_t>1 << 54):
@@ -169,7 +264,7 @@ cdef int inode_add(InodeSet *s, uint64_t dev, uint64_t ino) noexcept nogil:
 
 
 cdef struct Range:
-    uint64_t dev
+    uint64_t fs[2]   # the filesystem (see snap_fs_identity), or (st_dev, 0)
     uint64_t start
     uint64_t end
 
@@ -178,7 +273,7 @@ cdef struct RangeList:  # physical ranges of shared extents, merged at the end
     size_t n
     size_t cap
 
-cdef int range_add(RangeList *r, uint64_t dev, uint64_t start, uint64_t length) noexcept nogil:
+cdef int range_add(RangeList *r, const uint64_t *fs, uint64_t start, uint64_t length) noexcept nogil:
     cdef Range *grown
     if r.n == r.cap:
         grown = <Range *>realloc(r.items, (r.cap * 2 + 64) * sizeof(Range))
@@ -186,40 +281,60 @@ cdef int range_add(RangeList *r, uint64_t dev, uint64_t start, uint64_t length) 
             return -1
         r.items = grown
         r.cap = r.cap * 2 + 64
-    r.items[r.n].dev = dev
+    r.items[r.n].fs[0] = fs[0]
+    r.items[r.n].fs[1] = fs[1]
     r.items[r.n].start = start
     r.items[r.n].end = start + length
     r.n += 1
     return 0
 
+cdef int range_extend(RangeList *r, RangeList *more) noexcept nogil:
+    cdef Range *grown
+    if more.n == 0:
+        return 0
+    if r.n + more.n > r.cap:
+        grown = <Range *>realloc(r.items, (r.n + more.n) * sizeof(Range))
+        if grown == NULL:
+            return -1
+        r.items = grown
+        r.cap = r.n + more.n
+    memcpy(r.items + r.n, more.items, more.n * sizeof(Range))
+    r.n += more.n
+    return 0
+
 cdef int range_cmp(const void *a, const void *b) noexcept nogil:
     cdef const Range *x = <const Range *>a
     cdef const Range *y = <const Range *>b
-    if x.dev != y.dev:
-        return -1 if x.dev < y.dev else 1
+    if x.fs[0] != y.fs[0]:
+        return -1 if x.fs[0] < y.fs[0] else 1
+    if x.fs[1] != y.fs[1]:
+        return -1 if x.fs[1] < y.fs[1] else 1
     if x.start != y.start:
         return -1 if x.start < y.start else 1
     return 0
 
 cdef void range_union(RangeList *r, Sum128 *total) noexcept nogil:
-    """Add the size of the union of all ranges (per device) to *total*."""
+    """Add the size of the union of all ranges (per filesystem) to *total*."""
     cdef size_t i
-    cdef uint64_t dev, start, end
+    cdef uint64_t start, end
+    cdef Range *cur
     if r.n == 0:
         return
     qsort(r.items, r.n, sizeof(Range), range_cmp)
-    dev, start, end = r.items[0].dev, r.items[0].start, r.items[0].end
+    cur = &r.items[0]
+    start, end = cur.start, cur.end
     for i in range(1, r.n):
-        if r.items[i].dev == dev and r.items[i].start <= end:
+        if r.items[i].fs[0] == cur.fs[0] and r.items[i].fs[1] == cur.fs[1] and r.items[i].start <= end:
             if r.items[i].end > end:
                 end = r.items[i].end
         else:
             add128(total, end - start)
-            dev, start, end = r.items[i].dev, r.items[i].start, r.items[i].end
+            cur = &r.items[i]
+            start, end = cur.start, cur.end
     add128(total, end - start)
 
 
-# ---- one walk ---------------------------------------------------------------
+# ---- what a walk adds up, and how it fails -----------------------------------
 
 cdef struct Totals:
     Sum128 blocks      # st_blocks, in 512-byte units
@@ -228,30 +343,402 @@ cdef struct Totals:
     Sum128 shared_phys # union of shared extents' physical ranges
     uint64_t files
     uint64_t dirs
+    uint64_t unmapped  # regular files whose extents could not be read (a lease)
 
 cdef struct Failure:
     int err
     char *path  # malloc'd; freed by whoever turns it into an exception
 
+cdef inline void _zero(Totals *t) noexcept nogil:
+    t.blocks.lo = t.blocks.hi = t.apparent.lo = t.apparent.hi = 0
+    t.shared.lo = t.shared.hi = t.shared_phys.lo = t.shared_phys.hi = 0
+    t.files = t.dirs = t.unmapped = 0
 
-cdef int file_shared(const char *path, uint64_t dev, fiemap *fm, RangeList *ranges,
+cdef inline void _merge(Totals *t, Totals *u) noexcept nogil:
+    merge128(&t.blocks, u.blocks)
+    merge128(&t.apparent, u.apparent)
+    merge128(&t.shared, u.shared)
+    t.files += u.files
+    t.dirs += u.dirs
+    t.unmapped += u.unmapped
+
+
+# ---- the tree of directories in one walk --------------------------------------
+
+cdef struct Node:
+    Node *parent
+    int fd            # -1 while closed
+    int refs          # 1 until processed, plus one per live child node
+    int pending       # children not yet opened (they need this fd)
+    int users         # threads opening a child from fd right now
+    int reading       # a thread is reading this directory
+    int keep          # ensure_open's mark: stays open after a reopen
+    Py_ssize_t idle_at  # index in Walk.idle, or -1
+    int has_id        # dev/ino recorded (when the fd was closed early)
+    uint64_t dev
+    uint64_t ino
+    size_t depth
+    size_t namelen
+    char name[1]      # namelen bytes and a NUL (allocated to fit)
+
+cdef struct Walk:
+    pthread_mutex_t lock  # guards everything below but the flags read atomically
+    pthread_cond_t more   # work was pushed, the walk ended, or it stopped
+    int parts             # participating threads
+    int flags
+    Node **stack          # directories to open
+    size_t nstack
+    size_t capstack
+    Node **idle           # open, not in use, children waiting: closable
+    size_t nidle
+    size_t capidle
+    int open_fds
+    int budget
+    int busy              # participants processing a node
+    int stop              # an error or an interrupt: stop (atomic)
+    int *cancel           # the batch's flag, or NULL (atomic)
+    uint64_t root_dev
+    const char *root_path
+    InodeSet inodes
+    int err
+    char *err_path
+    int interrupted
+
+cdef struct Part:         # one thread's share of a walk; reused across a batch's walks
+    Walk *w
+    Totals t
+    RangeList ranges
+    fiemap *fm
+    char *buf
+    Node **kids           # children found in the current chunk, pushed together
+    size_t capkids
+    unsigned long seen    # entries seen: carries across walks, so batches look at signals too
+    int check_signals
+    int nkeys             # a small cache st_dev -> filesystem identity
+    int nextkey
+    uint64_t key_dev[FS_KEYS]
+    uint64_t key_fs[FS_KEYS][2]
+
+
+cdef Node *node_new(Node *parent, const char *name, size_t namelen) noexcept nogil:
+    cdef Node *n = <Node *>malloc(sizeof(Node) + namelen)
+    if n == NULL:
+        return NULL
+    n.parent = parent
+    n.fd = -1
+    n.refs = 1
+    n.pending = n.users = n.reading = n.keep = n.has_id = 0
+    n.idle_at = -1
+    n.dev = n.ino = 0
+    n.depth = parent.depth + 1 if parent != NULL else 0
+    n.namelen = namelen
+    memcpy(n.name, name, namelen)
+    n.name[namelen] = 0
+    return n
+
+
+cdef char *node_path(Walk *w, Node *n, const char *entry) noexcept nogil:
+    """root_path/names.../entry, malloc'd (NULL if out of memory).  Any depth."""
+    cdef size_t rl = strlen(w.root_path), el = strlen(entry) if entry != NULL else 0
+    cdef size_t total
+    cdef Node *m = n
+    cdef char *out
+    if n.parent == NULL and entry == NULL:
+        return strdup(w.root_path)
+    if rl > 0 and w.root_path[rl - 1] == b'/':
+        rl -= 1  # as fts: "dir/" and "x" make "dir/x"
+    total = rl
+    while m.parent != NULL:
+        total += m.namelen + 1
+        m = m.parent
+    if entry != NULL:
+        total += el + 1
+    out = <char *>malloc(total + 1)
+    if out == NULL:
+        return NULL
+    memcpy(out, w.root_path, rl)
+    # Fill from the end: '/entry', then '/name' for each node up to the root.
+    out[total] = 0
+    if entry != NULL:
+        total -= el + 1
+        out[total] = b'/'
+        memcpy(out + total + 1, entry, el)
+    m = n
+    while m.parent != NULL:
+        total -= m.namelen + 1
+        out[total] = b'/'
+        memcpy(out + total + 1, m.name, m.namelen)
+        m = m.parent
+    return out
+
+
+cdef void fail_at(Walk *w, int err, Node *n, const char *entry) noexcept nogil:
+    """Record the walk's failure (the first one wins) and stop it.  Lock held."""
+    if w.err == 0 and not w.interrupted:
+        w.err = err
+        w.err_path = node_path(w, n, entry)
+        if w.err_path == NULL:
+            w.err = ENOMEM
+    snap_set(&w.stop)
+    pthread_cond_broadcast(&w.more)
+
+
+cdef int idle_add(Walk *w, Node *n) noexcept nogil:
+    cdef Node **grown
+    if n.idle_at >= 0:
+        return 0
+    if w.nidle == w.capidle:
+        grown = <Node **>realloc(w.idle, (w.capidle * 2 + 16) * sizeof(Node *))
+        if grown == NULL:
+            return -1
+        w.idle = grown
+        w.capidle = w.capidle * 2 + 16
+    n.idle_at = w.nidle
+    w.idle[w.nidle] = n
+    w.nidle += 1
+    return 0
+
+cdef void idle_remove(Walk *w, Node *n) noexcept nogil:
+    cdef Node *last
+    if n.idle_at < 0:
+        return
+    last = w.idle[w.nidle - 1]
+    w.idle[n.idle_at] = last
+    last.idle_at = n.idle_at
+    w.nidle -= 1
+    n.idle_at = -1
+
+cdef void close_node(Walk *w, Node *n) noexcept nogil:
+    idle_remove(w, n)
+    close(n.fd)
+    n.fd = -1
+    w.open_fds -= 1
+
+cdef int evict_one(Walk *w) noexcept nogil:
+    """Close the shallowest idle directory (it is needed last), recording its
+    identity for the reopen.  1 if one was closed.  Lock held."""
+    cdef size_t i, best = 0
+    cdef Node *n
+    cdef struct_stat st
+    if w.nidle == 0:
+        return 0
+    for i in range(1, w.nidle):
+        if w.idle[i].depth < w.idle[best].depth:
+            best = i
+    n = w.idle[best]
+    if not n.has_id:
+        if fstat(n.fd, &st) != 0:
+            idle_remove(w, n)  # cannot be checked on reopen: keep it open
+            return 1
+        n.dev = st.st_dev
+        n.ino = st.st_ino
+        n.has_id = 1
+    close_node(w, n)
+    return 1
+
+cdef void over_budget(Walk *w) noexcept nogil:
+    while w.open_fds > w.budget and evict_one(w):
+        pass
+
+cdef void settle(Walk *w, Node *n) noexcept nogil:
+    """After a use of n's fd: close it if no child needs it, else make it closable.  Lock held."""
+    if n.parent == NULL or n.fd < 0 or n.reading or n.users:
+        return  # the root stays open for reopens; a user settles it again
+    if n.pending == 0:
+        close_node(w, n)
+    elif idle_add(w, n) != 0:
+        pass  # out of memory for the list: it simply stays open
+    over_budget(w)
+
+cdef void node_done(Walk *w, Node *n) noexcept nogil:
+    """Drop one reference; free nodes (and their fds) no one needs.  Lock held."""
+    cdef Node *p
+    while n != NULL:
+        n.refs -= 1
+        if n.refs > 0:
+            return
+        p = n.parent
+        if n.fd >= 0:
+            close_node(w, n)
+        free(n)
+        n = p
+
+
+cdef int open_counted(Walk *w, int dirfd, const char *name, int locked) noexcept nogil:
+    """openat for a directory; out of descriptors, close an idle one and retry."""
+    cdef int fd, e, closed
+    while True:
+        fd = openat(dirfd, name, DIR_FLAGS)
+        if fd >= 0:
+            return fd
+        e = errno
+        if e != EMFILE and e != ENFILE:
+            return -1
+        if not locked:
+            pthread_mutex_lock(&w.lock)
+        closed = evict_one(w)
+        if not locked:
+            pthread_mutex_unlock(&w.lock)
+        if not closed:
+            snap_set_errno(e)
+            return -1
+
+
+cdef int ensure_open(Walk *w, Node *n) noexcept nogil:
+    """Give n an open fd, reopening it from its nearest open ancestor, name by
+    name without following symlinks, checked against the recorded identity.
+    Directories on the way that children wait on stay open (closable).
+    0, CHANGED (the tree moved meanwhile) or an errno.  Lock held."""
+    cdef size_t k = 0, i
+    cdef Node *m = n
+    cdef Node *anc
+    cdef Node **chain
+    cdef int prev, fd, e = 0, prev_temp = 0, kept = 0
+    cdef struct_stat st
+    if n.fd >= 0:
+        return 0
+    while m.fd < 0:  # ends: the root stays open for the whole walk
+        k += 1
+        m = m.parent
+    anc = m
+    chain = <Node **>malloc(k * sizeof(Node *))
+    if chain == NULL:
+        return ENOMEM
+    m = n
+    for i in range(k):
+        chain[k - 1 - i] = m
+        m = m.parent
+    # Of the held directories on the way, keep the deepest (needed first) open,
+    # within half the budget: the others are stepping stones, closed at once.
+    i = k
+    kept = 0
+    while i > 0:
+        i -= 1
+        chain[i].keep = 1 if chain[i] is n or (chain[i].pending > 0 and kept < w.budget // 2) else 0
+        kept += chain[i].keep
+    # Nothing on the way may be closed by an eviction while it is a stepping stone.
+    idle_remove(w, anc)
+    anc.users += 1
+    prev = anc.fd
+    for i in range(k):
+        m = chain[i]
+        fd = open_counted(w, prev, m.name, 1)
+        if fd < 0:
+            e = errno
+            if e == ENOENT or e == ENOTDIR or e == ELOOP:
+                e = CHANGED
+        elif m.has_id and (fstat(fd, &st) != 0 or <uint64_t>st.st_dev != m.dev
+                           or <uint64_t>st.st_ino != m.ino):
+            close(fd)
+            e = CHANGED
+        if prev_temp:
+            close(prev)
+        if e:
+            break
+        prev_temp = not m.keep
+        if not prev_temp:
+            m.fd = fd
+            w.open_fds += 1
+        prev = fd
+    if prev_temp and e == 0:
+        close(prev)
+    for i in range(k):
+        chain[i].keep = 0
+        if chain[i] is not n and chain[i].fd >= 0:
+            idle_add(w, chain[i])
+    free(chain)
+    anc.users -= 1
+    settle(w, anc)
+    over_budget(w)
+    return e
+
+
+cdef int check_stop(Part *p) noexcept nogil:
+    """1 if the walk must stop: an error, a cancelled batch, or (calling thread) a signal."""
+    cdef Walk *w = p.w
+    cdef int rc = 0
+    if snap_get(&w.stop) or (w.cancel != NULL and snap_get(w.cancel)):
+        return 1
+    if p.check_signals:
+        with gil:
+            rc = PyErr_CheckSignals()
+        if rc < 0:
+            pthread_mutex_lock(&w.lock)
+            w.interrupted = 1
+            snap_set(&w.stop)
+            if w.cancel != NULL:
+                snap_set(w.cancel)
+            pthread_cond_broadcast(&w.more)
+            pthread_mutex_unlock(&w.lock)
+            p.check_signals = 0  # the exception is set: never call into Python again
+            return 1
+    return 0
+
+
+cdef int fs_key(Part *p, int fd, uint64_t dev, uint64_t *out) noexcept nogil:
+    cdef int i
+    for i in range(p.nkeys):
+        if p.key_dev[i] == dev:
+            out[0] = p.key_fs[i][0]
+            out[1] = p.key_fs[i][1]
+            return 0
+    if not snap_fs_identity(fd, out):
+        out[0] = dev
+        out[1] = 0
+    i = p.nextkey
+    p.nextkey = (p.nextkey + 1) % FS_KEYS
+    if p.nkeys < FS_KEYS:
+        p.nkeys += 1
+    p.key_dev[i] = dev
+    p.key_fs[i][0] = out[0]
+    p.key_fs[i][1] = out[1]
+    return 0
+
+
+cdef int file_shared(Part *p, int dirfd, const char *name, const struct_stat *counted,
                      uint64_t *shared) noexcept nogil:
-    """Bytes of *path* in extents flagged shared; 0 on success, else an errno.
+    """Bytes of dirfd/name in extents flagged shared: 0, CHANGED, UNMAPPED or an errno.
+
+    The file is first opened O_PATH (which opens no device and breaks no
+    lease), checked to be the regular file that was counted, and only then
+    opened for reading through /proc/self/fd, which names that very inode.
 
     Delalloc, inline and unknown-location extents are never counted as shared:
     delalloc data is newly written and not yet placed, inline data lives in
     metadata, and neither has a physical range to merge.  Unwritten
     (preallocated) extents are counted like written ones: they hold disk space.
     """
-    cdef int fd = c_open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+    cdef int pfd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+    cdef int fd, err
     cdef uint64_t start = 0
+    cdef uint64_t fs[2]
     cdef uint32_t i
     cdef fiemap_extent *e
-    cdef int err
+    cdef fiemap *fm = p.fm
     cdef struct_stat st
-    if fd < 0:
-        return errno
+    cdef char proc[40]
     shared[0] = 0
+    if pfd < 0:
+        err = errno
+        return CHANGED if err == ENOENT or err == ENOTDIR or err == ELOOP else err
+    if fstat(pfd, &st) != 0:
+        err = errno
+        close(pfd)
+        return err
+    if not S_ISREG(st.st_mode) or st.st_dev != counted.st_dev or st.st_ino != counted.st_ino:
+        close(pfd)
+        return CHANGED
+    _proc_fd_path(proc, pfd)
+    fd = c_open(proc, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+    err = errno
+    close(pfd)
+    if fd < 0:
+        if err == EAGAIN:
+            return UNMAPPED  # another process holds a lease; opening would break it
+        if err == ENOENT:
+            return CHANGED
+        return err
+    fs_key(p, fd, st.st_dev, fs)
     while True:
         fm.fm_start = start
         fm.fm_length = <uint64_t>0xFFFFFFFFFFFFFFFFULL - start
@@ -271,7 +758,7 @@ cdef int file_shared(const char *path, uint64_t dev, fiemap *fm, RangeList *rang
                     FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_DATA_INLINE |
                     FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_NOT_ALIGNED)):
                 shared[0] += e.fe_length
-                if range_add(ranges, dev, e.fe_physical, e.fe_length) < 0:
+                if range_add(&p.ranges, fs, e.fe_physical, e.fe_length) < 0:
                     close(fd)
                     return ENOMEM
         e = &fm.fm_extents[fm.fm_mapped_extents - 1]
@@ -281,119 +768,477 @@ cdef int file_shared(const char *path, uint64_t dev, fiemap *fm, RangeList *rang
     close(fd)
     return 0
 
+cdef void _proc_fd_path(char *out, int fd) noexcept nogil:
+    cdef const char *prefix = b"/proc/self/fd/"
+    cdef char digits[16]
+    cdef int n = 0, i
+    memcpy(out, prefix, 14)
+    while True:
+        digits[n] = <char>(48 + fd % 10)  # '0'
+        n += 1
+        fd //= 10
+        if fd == 0:
+            break
+    for i in range(n):
+        out[14 + i] = digits[n - 1 - i]
+    out[14 + n] = 0
 
-cdef int _walk(const char *path, int flags, Totals *t, Failure *fail,
-               int check_signals, int *cancel) noexcept nogil:
-    """Walk *path*; add to *t*.  Returns 0, an errno (with *fail* set),
-    INTERRUPTED or CANCELLED."""
-    cdef char *argv[2]
-    cdef FTS *fts
-    cdef FTSENT *ent
-    cdef const struct_stat *st
-    cdef uint64_t root_dev = 0, nbytes, blocks
-    cdef unsigned long seen = 0
-    cdef int rc = 0, e, fresh
-    cdef unsigned short info
-    cdef InodeSet inodes
-    cdef RangeList ranges
-    cdef fiemap *fm = NULL
-    inodes.keys = NULL
-    inodes.cap = inodes.used = 0
-    ranges.items = NULL
-    ranges.n = ranges.cap = 0
+
+cdef int count_entry(Part *p, int dirfd, const char *name, const struct_stat *st) noexcept nogil:
+    """Add a non-directory; 0 or (lock not held) an errno / -1 for out of memory."""
+    cdef Walk *w = p.w
+    cdef uint64_t blocks, nbytes
+    cdef int fresh, e
+    if (w.flags & F_UNIQUE) and st.st_nlink > 1:
+        pthread_mutex_lock(&w.lock)
+        fresh = inode_add(&w.inodes, st.st_dev, st.st_ino)
+        pthread_mutex_unlock(&w.lock)
+        if fresh < 0:
+            return ENOMEM
+        if fresh == 0:
+            return 0
+    blocks = st.st_blocks
+    add128(&p.t.blocks, blocks)
+    add128(&p.t.apparent, <uint64_t>st.st_size)
+    p.t.files += 1
+    if (w.flags & F_SHARED) and S_ISREG(st.st_mode) and blocks:
+        e = file_shared(p, dirfd, name, st, &nbytes)
+        if e == CHANGED:
+            return 0  # replaced or deleted meanwhile: its blocks count as exclusive
+        if e == UNMAPPED:
+            p.t.unmapped += 1
+            return 0
+        if e:
+            return e
+        add128(&p.t.shared, nbytes if nbytes < blocks * 512 else blocks * 512)
+    return 0
+
+
+cdef int push_kids(Part *p, Node *parent, size_t nkids) noexcept nogil:
+    """Hand the children found in one chunk to the walk.  Lock not held."""
+    cdef Walk *w = p.w
+    cdef Node **grown
+    cdef size_t i
+    if nkids == 0:
+        return 0
+    pthread_mutex_lock(&w.lock)
+    if w.nstack + nkids > w.capstack:
+        grown = <Node **>realloc(w.stack, (w.nstack + nkids + w.capstack + 64) * sizeof(Node *))
+        if grown == NULL:
+            pthread_mutex_unlock(&w.lock)
+            for i in range(nkids):
+                free(p.kids[i])
+            return ENOMEM
+        w.stack = grown
+        w.capstack = w.nstack + nkids + w.capstack + 64
+    for i in range(nkids):
+        w.stack[w.nstack] = p.kids[i]
+        w.nstack += 1
+    parent.refs += <int>nkids
+    parent.pending += <int>nkids
+    if w.parts > 1:
+        pthread_cond_broadcast(&w.more)
+    pthread_mutex_unlock(&w.lock)
+    return 0
+
+
+cdef int add_kid(Part *p, Node *parent, const char *name, size_t *nkids) noexcept nogil:
+    cdef Node **grown
+    cdef Node *kid
+    if nkids[0] == p.capkids:
+        grown = <Node **>realloc(p.kids, (p.capkids * 2 + 64) * sizeof(Node *))
+        if grown == NULL:
+            return ENOMEM
+        p.kids = grown
+        p.capkids = p.capkids * 2 + 64
+    kid = node_new(parent, name, strlen(name))
+    if kid == NULL:
+        return ENOMEM
+    p.kids[nkids[0]] = kid
+    nkids[0] += 1
+    p.t.dirs += 1
+    return 0
+
+
+cdef void read_dir(Part *p, Node *n) noexcept nogil:
+    """Read the open directory n: count its non-directories, push its subdirectories."""
+    cdef Walk *w = p.w
+    cdef long got, off
+    cdef const char *ent
+    cdef const char *name
+    cdef unsigned char dtype
+    cdef struct_stat st
+    cdef size_t nkids
+    cdef int e = 0, one_fs = w.flags & F_ONE_FS
+    while True:
+        got = snap_getdents(n.fd, p.buf, DENTS_BYTES)
+        if got <= 0:
+            if got < 0:
+                e = errno
+                pthread_mutex_lock(&w.lock)
+                if e == ENOENT:  # removed while being read: what was read counts
+                    e = 0
+                else:
+                    fail_at(w, e, n, NULL)
+                pthread_mutex_unlock(&w.lock)
+            return
+        nkids = 0
+        off = 0
+        while off < got:
+            ent = p.buf + off
+            off += snap_reclen(ent)
+            name = snap_name(ent)
+            if name[0] == b'.' and (name[1] == 0 or (name[1] == b'.' and name[2] == 0)):
+                continue
+            p.seen += 1
+            if p.seen % SIGNAL_EVERY == 0 and check_stop(p):
+                off = got
+                e = -1
+                break
+            dtype = snap_type(ent)
+            if dtype == DT_DIR and not one_fs:
+                e = add_kid(p, n, name, &nkids)
+                if e:
+                    break
+                continue
+            if fstatat(n.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0:
+                e = errno
+                if e == ENOENT or e == ENOTDIR:
+                    e = 0
+                    continue  # vanished meanwhile
+                break
+            if S_ISDIR(st.st_mode):
+                if one_fs and <uint64_t>st.st_dev != w.root_dev:
+                    continue  # another filesystem: not entered, not counted
+                e = add_kid(p, n, name, &nkids)
+            else:
+                e = count_entry(p, n.fd, name, &st)
+            if e:
+                break
+        if push_kids(p, n, nkids) != 0 and e == 0:
+            e = ENOMEM
+            name = NULL
+        if e:
+            if e > 0:
+                pthread_mutex_lock(&w.lock)
+                fail_at(w, e, n, name)
+                pthread_mutex_unlock(&w.lock)
+            return
+
+
+cdef void process(Part *p, Node *n) noexcept nogil:
+    """Open n (from its parent's fd), read it, and let it go.  n.reading is set."""
+    cdef Walk *w = p.w
+    cdef Node *parent = n.parent
+    cdef int fd = n.fd, rc = 0, e = 0
+    if fd < 0:
+        pthread_mutex_lock(&w.lock)
+        rc = ensure_open(w, parent)
+        if rc == 0:
+            idle_remove(w, parent)
+            parent.users += 1
+        pthread_mutex_unlock(&w.lock)
+        if rc == 0:
+            fd = open_counted(w, parent.fd, n.name, 0)
+            e = errno
+        pthread_mutex_lock(&w.lock)
+        if rc == 0:
+            parent.users -= 1
+        parent.pending -= 1
+        settle(w, parent)
+        if fd >= 0:
+            n.fd = fd
+            w.open_fds += 1
+        elif rc == 0 and not (e == ENOENT or e == ENOTDIR or e == ELOOP):
+            fail_at(w, e, n, NULL)
+        elif rc > 0:
+            fail_at(w, rc, parent, NULL)
+        # else: gone, or replaced by a file or a symlink meanwhile: skipped
+        over_budget(w)
+        pthread_mutex_unlock(&w.lock)
+    if fd >= 0:
+        read_dir(p, n)
+    pthread_mutex_lock(&w.lock)
+    n.reading = 0
+    settle(w, n)
+    node_done(w, n)
+    pthread_mutex_unlock(&w.lock)
+
+
+cdef void participate(Part *p) noexcept nogil:
+    """Take directories from the walk until none are left or it stops."""
+    cdef Walk *w = p.w
+    cdef Node *n
+    pthread_mutex_lock(&w.lock)
+    while not snap_get(&w.stop):
+        if w.nstack > 0:
+            w.nstack -= 1
+            n = w.stack[w.nstack]
+            n.reading = 1
+            w.busy += 1
+            pthread_mutex_unlock(&w.lock)
+            process(p, n)
+            pthread_mutex_lock(&w.lock)
+            w.busy -= 1
+            if w.busy == 0 and w.nstack == 0 and w.parts > 1:
+                pthread_cond_broadcast(&w.more)
+            continue
+        if w.busy == 0:
+            break  # the walk is done
+        if p.check_signals:
+            snap_timedwait(&w.more, &w.lock, WAIT_MS)
+            pthread_mutex_unlock(&w.lock)
+            check_stop(p)
+            pthread_mutex_lock(&w.lock)
+        else:
+            pthread_cond_wait(&w.more, &w.lock)
+    pthread_mutex_unlock(&w.lock)
+
+
+cdef int part_init(Part *p, int flags) noexcept nogil:
+    p.ranges.items = NULL
+    p.ranges.n = p.ranges.cap = 0
+    p.kids = NULL
+    p.capkids = 0
+    p.seen = 0
+    p.check_signals = 0
+    p.nkeys = p.nextkey = 0
+    p.fm = NULL
+    p.buf = <char *>malloc(DENTS_BYTES)
+    if p.buf == NULL:
+        return ENOMEM
+    if flags & F_SHARED:
+        p.fm = <fiemap *>malloc(sizeof(fiemap) + EXTENTS_PER_CALL * sizeof(fiemap_extent))
+        if p.fm == NULL:
+            return ENOMEM
+    return 0
+
+cdef void part_free(Part *p) noexcept nogil:
+    free(p.buf)
+    free(p.fm)
+    free(p.kids)
+    free(p.ranges.items)
+    p.buf = NULL
+    p.fm = NULL
+    p.kids = NULL
+    p.ranges.items = NULL
+
+
+cdef int walk_start(Walk *w, Part *p, const char *path, int flags, int parts, int budget,
+                    int *cancel) noexcept nogil:
+    """Open the root.  0 with the root on the stack, 1 if the root is not a
+    directory (counted into p.t already), or an errno (w.err_path set)."""
+    cdef int fd, e
+    cdef struct_stat st
+    cdef Node *root
+    cdef uint64_t nbytes
+    w.parts = parts
+    w.flags = flags
+    w.stack = NULL
+    w.nstack = w.capstack = 0
+    w.idle = NULL
+    w.nidle = w.capidle = 0
+    w.open_fds = 0
+    w.budget = budget
+    w.busy = 0
+    w.stop = 0
+    w.cancel = cancel
+    w.root_dev = 0
+    w.root_path = path
+    w.inodes.keys = NULL
+    w.inodes.cap = w.inodes.used = 0
+    w.err = 0
+    w.err_path = NULL
+    w.interrupted = 0
+    pthread_mutex_init(&w.lock, NULL)
+    pthread_cond_init(&w.more, NULL)
+    _zero(&p.t)
+    p.ranges.n = 0
+    fd = c_open(path, DIR_FLAGS)
+    if fd < 0:
+        e = errno
+        if e != ENOTDIR:  # a symlink (O_NOFOLLOW) or a file: counted as itself
+            w.err = e
+            w.err_path = strdup(path)
+            return e
+        if lstat(path, &st) != 0:
+            w.err = errno
+            w.err_path = strdup(path)
+            return w.err
+        if S_ISDIR(st.st_mode):  # a directory again: it changed under us
+            w.err = ENOTDIR
+            w.err_path = strdup(path)
+            return ENOTDIR
+        e = count_entry(p, AT_FDCWD, path, &st)
+        if e > 0:
+            w.err = e
+            w.err_path = strdup(path)
+            return e
+        return 1
+    if flags & F_ONE_FS:
+        if fstat(fd, &st) != 0:
+            w.err = errno
+            close(fd)
+            w.err_path = strdup(path)
+            return w.err
+        w.root_dev = st.st_dev
+    root = node_new(NULL, b"", 0)
+    w.stack = <Node **>malloc(64 * sizeof(Node *))
+    if root == NULL or w.stack == NULL:
+        free(root)
+        close(fd)
+        w.err = ENOMEM
+        w.err_path = strdup(path)
+        return ENOMEM
+    w.capstack = 64
+    root.fd = fd
+    w.open_fds = 1
+    w.stack[0] = root
+    w.nstack = 1
+    p.t.dirs = 1
+    return 0
+
+
+cdef void walk_end(Walk *w) noexcept nogil:
+    """Free what a stopped walk left; every descriptor is closed.  No participant runs."""
+    cdef Node *n
+    pthread_mutex_lock(&w.lock)
+    while w.nstack > 0:
+        w.nstack -= 1
+        n = w.stack[w.nstack]
+        if n.parent != NULL:
+            n.parent.pending -= 1
+        node_done(w, n)
+    pthread_mutex_unlock(&w.lock)
+    free(w.stack)
+    free(w.idle)
+    free(w.inodes.keys)
+    w.stack = NULL
+    w.idle = NULL
+    w.inodes.keys = NULL
+    pthread_mutex_destroy(&w.lock)
+    pthread_cond_destroy(&w.more)
+
+
+cdef int walk_code(Walk *w, Failure *fail) noexcept nogil:
+    """The walk's outcome: 0, INTERRUPTED, CANCELLED or an errno (moved into fail)."""
     fail.err = 0
     fail.path = NULL
+    if w.interrupted:
+        free(w.err_path)
+        w.err_path = NULL
+        return INTERRUPTED
+    if w.err:
+        fail.err = w.err
+        fail.path = w.err_path
+        w.err_path = NULL
+        return w.err
+    if w.cancel != NULL and snap_get(w.cancel):
+        return CANCELLED
+    return 0
 
-    if flags & F_SHARED:
-        fm = <fiemap *>malloc(sizeof(fiemap) + EXTENTS_PER_CALL * sizeof(fiemap_extent))
-        if fm == NULL:
-            fail.err = ENOMEM
-            fail.path = strdup(path)
-            return ENOMEM
-    argv[0] = <char *>path
-    argv[1] = NULL
-    # PHYSICAL: lstat, never follow a link.  NOCHDIR: never change the
-    # process's working directory, so walks are safe in threads.
-    fts = fts_open(argv, FTS_PHYSICAL | FTS_NOCHDIR, NULL)
-    if fts == NULL:
-        rc = errno
-        fail.err = rc
-        fail.path = strdup(path)
-        free(fm)
-        return rc
 
-    while True:
-        snap_clear_errno()  # fts_read returns NULL with errno 0 at the end
-        ent = fts_read(fts)
-        if ent == NULL:
-            if errno != 0:
-                rc = errno
-                fail.path = strdup(path)
-            break
-        seen += 1
-        if seen % SIGNAL_EVERY == 0:
-            if cancel != NULL and snap_get(cancel):
-                rc = CANCELLED
-                break
-            if check_signals:
-                with gil:
-                    if PyErr_CheckSignals() < 0:
-                        rc = INTERRUPTED
-                if rc == INTERRUPTED:
-                    break
-        info = ent.fts_info
-        if info == FTS_D:
-            st = ent.fts_statp
-            if ent.fts_level == 0:
-                root_dev = st.st_dev
-            elif (flags & F_ONE_FS) and <uint64_t>st.st_dev != root_dev:
-                fts_set(fts, ent, FTS_SKIP)
-                continue
-            t.dirs += 1
-        elif info == FTS_F or info == FTS_SL or info == FTS_SLNONE or info == FTS_DEFAULT:
-            st = ent.fts_statp
-            if (flags & F_UNIQUE) and st.st_nlink > 1:
-                fresh = inode_add(&inodes, st.st_dev, st.st_ino)
-                if fresh < 0:
-                    rc = ENOMEM
-                    fail.path = strdup(ent.fts_path)
-                    break
-                if fresh == 0:
-                    continue
-            blocks = st.st_blocks
-            add128(&t.blocks, blocks)
-            add128(&t.apparent, <uint64_t>st.st_size)
-            t.files += 1
-            if (flags & F_SHARED) and info == FTS_F and blocks:
-                e = file_shared(ent.fts_accpath, st.st_dev, fm, &ranges, &nbytes)
-                if e == ENOENT or e == ENOTDIR:
-                    continue  # deleted meanwhile
-                if e:
-                    rc = e
-                    fail.path = strdup(ent.fts_path)
-                    break
-                add128(&t.shared, nbytes if nbytes < blocks * 512 else blocks * 512)
-        elif info == FTS_NS or info == FTS_DNR or info == FTS_ERR:
-            # Below the root, an entry that vanished (or whose directory was
-            # replaced by a file) between readdir and lstat/opendir is skipped:
-            # the snapshot is being changed while we size it.
-            if ent.fts_level > 0 and (ent.fts_errno == ENOENT or ent.fts_errno == ENOTDIR):
-                continue
-            rc = ent.fts_errno
-            fail.path = strdup(ent.fts_path)
-            break
-        # FTS_DP (postorder) and FTS_DC (a cycle, only through bind mounts) add nothing.
+cdef int fd_budget(int walks) noexcept nogil:
+    """Descriptors one walk may hold: a quarter of RLIMIT_NOFILE shared by the
+    walks that run at once, at least 4, at most 256 (more buys nothing)."""
+    cdef long b = snap_nofile() // 4 // (walks if walks > 0 else 1)
+    if b < 4:
+        return 4
+    if b > 256:
+        return 256
+    return <int>b
 
-    fts_close(fts)
+
+cdef int _walk(const char *path, int flags, Part *p, Failure *fail, int *cancel, int budget) noexcept nogil:
+    """One walk on this thread alone; p.t holds its totals.  Returns 0, an
+    errno (with *fail* set), INTERRUPTED or CANCELLED."""
+    cdef Walk w
+    cdef int rc
+    p.w = &w
+    rc = walk_start(&w, p, path, flags, 1, budget, cancel)
+    if rc == 0:
+        participate(p)
+    walk_end(&w)
+    rc = walk_code(&w, fail)
     if rc == 0 and (flags & F_SHARED):
-        range_union(&ranges, &t.shared_phys)
-    free(inodes.keys)
-    free(ranges.items)
-    free(fm)
-    if rc > 0:
-        fail.err = rc
+        range_union(&p.ranges, &p.t.shared_phys)
     return rc
 
+
+cdef void *_part_main(void *arg) noexcept nogil:
+    participate(<Part *>arg)
+    return NULL
+
+
+# ---- threads, and waiting for them without missing Ctrl-C -----------------------
+
+cdef struct Crew:
+    pthread_mutex_t lock
+    pthread_cond_t done
+    int running
+    start_fn fn
+    void *arg
+
+cdef struct CrewArg:
+    Crew *crew
+    void *arg
+
+cdef void *_crew_main(void *a) noexcept nogil:
+    cdef CrewArg *ca = <CrewArg *>a
+    cdef Crew *c = ca.crew
+    c.fn(ca.arg)
+    pthread_mutex_lock(&c.lock)
+    c.running -= 1
+    pthread_cond_broadcast(&c.done)
+    pthread_mutex_unlock(&c.lock)
+    return NULL
+
+cdef int crew_wait(Crew *c, pthread_t *threads, int started, int check_signals, int *cancel) noexcept nogil:
+    """Wait for the crew with a timeout, looking at signals (and setting
+    *cancel* on one); then join.  Returns -1 if interrupted."""
+    cdef int rc = 0, k, sig
+    pthread_mutex_lock(&c.lock)
+    while c.running > 0:
+        snap_timedwait(&c.done, &c.lock, WAIT_MS)
+        if check_signals and rc == 0:
+            pthread_mutex_unlock(&c.lock)
+            with gil:
+                sig = PyErr_CheckSignals()
+            if sig < 0:
+                rc = -1
+                snap_set(cancel)
+            pthread_mutex_lock(&c.lock)
+    pthread_mutex_unlock(&c.lock)
+    for k in range(started):
+        pthread_join(threads[k], NULL)
+    return rc
+
+
+cdef int crew_start(Crew *c, pthread_t *threads, CrewArg *args, int n) noexcept nogil:
+    """Start up to n threads running c.fn(args[k].arg); returns how many started."""
+    cdef int k, started = 0
+    pthread_mutex_init(&c.lock, NULL)
+    pthread_cond_init(&c.done, NULL)
+    c.running = 0
+    for k in range(n):
+        args[k].crew = c
+        pthread_mutex_lock(&c.lock)
+        c.running += 1
+        pthread_mutex_unlock(&c.lock)
+        if pthread_create(&threads[started], NULL, _crew_main, &args[k]) == 0:
+            started += 1
+        else:
+            pthread_mutex_lock(&c.lock)
+            c.running -= 1
+            pthread_mutex_unlock(&c.lock)
+    return started
+
+cdef void crew_free(Crew *c) noexcept nogil:
+    pthread_mutex_destroy(&c.lock)
+    pthread_cond_destroy(&c.done)
+
+
+# ---- the Python entry points -------------------------------------------------------
 
 cdef object _raise_failure(int rc, Failure *fail):
     """Turn a failed walk into its exception (always raises)."""
@@ -421,7 +1266,7 @@ cdef const char *_c_path(object path) except NULL:
 
 cdef tuple _as_tuple(Totals *t):
     return (sum_to_int(t.blocks, 512), sum_to_int(t.apparent, 1), t.files, t.dirs,
-            sum_to_int(t.shared, 1), sum_to_int(t.shared_phys, 1))
+            sum_to_int(t.shared, 1), sum_to_int(t.shared_phys, 1), t.unmapped)
 
 
 cdef inline bytes _fs_bytes(object p):
@@ -462,14 +1307,18 @@ def encode_path(base_dir, name):
     return out
 
 
-cdef int _walk_here(bytes path, int flags, Totals *t) except -1:
+cdef int _walk_here(bytes path, int flags, Part *p) except -1:
     """One walk on the calling thread, GIL released; raises its failure."""
     cdef const char *c = _c_path(path)
     cdef Failure fail
     cdef int rc
-    _zero(t)
+    if part_init(p, flags) != 0:
+        part_free(p)
+        raise MemoryError()
+    p.check_signals = 1
     with nogil:
-        rc = _walk(c, flags, t, &fail, 1, NULL)
+        rc = _walk(c, flags, p, &fail, NULL, fd_budget(1))
+    part_free(p)
     if rc:
         _raise_failure(rc, &fail)
     return 0
@@ -477,23 +1326,95 @@ cdef int _walk_here(bytes path, int flags, Totals *t) except -1:
 
 def dir_size(base_dir, name):
     """Allocated bytes (st_blocks * 512) of the non-directories under base_dir/name."""
-    cdef Totals t
-    _walk_here(encode_path(base_dir, name), 0, &t)
-    return sum_to_int(t.blocks, 512)
+    cdef Part p
+    _walk_here(encode_path(base_dir, name), 0, &p)
+    return sum_to_int(p.t.blocks, 512)
 
 
-def walk(bytes path, int flags):
-    """(allocated, apparent, files, dirs, shared, shared_physical) for *path*."""
-    cdef Totals t
-    _walk_here(path, flags, &t)
-    return _as_tuple(&t)
+cdef int _thread_cap = 0
+
+def thread_cap():
+    """The most threads a call starts: THREADS_PER_CPU per usable CPU, at most MAX_THREADS.
+    More only contend for the same CPUs and the same directories' locks."""
+    global _thread_cap
+    if _thread_cap == 0:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        _thread_cap = max(1, min(MAX_THREADS, THREADS_PER_CPU * cpus))
+    return _thread_cap
 
 
-cdef inline void _zero(Totals *t) noexcept nogil:
-    t.blocks.lo = t.blocks.hi = t.apparent.lo = t.apparent.hi = 0
-    t.shared.lo = t.shared.hi = t.shared_phys.lo = t.shared_phys.hi = 0
-    t.files = t.dirs = 0
-
+def walk(bytes path, int flags, int workers=1):
+    """(allocated, apparent, files, dirs, shared, shared_physical, unmapped) for
+    *path*, walked by *workers* threads sharing one tree."""
+    cdef const char *c = _c_path(path)
+    cdef Part *parts = NULL
+    cdef pthread_t *threads = NULL
+    cdef CrewArg *args = NULL
+    cdef Crew crew
+    cdef Walk w
+    cdef Failure fail
+    cdef Totals total
+    cdef RangeList ranges
+    cdef int k, rc, started = 0, ready = 0, waited = 0, budget
+    cdef int cancel = 0
+    cdef Part one
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    workers = min(workers, thread_cap())
+    if workers == 1:
+        _walk_here(path, flags, &one)
+        return _as_tuple(&one.t)
+    parts = <Part *>calloc(workers, sizeof(Part))
+    threads = <pthread_t *>calloc(workers, sizeof(pthread_t))
+    args = <CrewArg *>calloc(workers, sizeof(CrewArg))
+    ranges.items = NULL
+    ranges.n = ranges.cap = 0
+    try:
+        if parts == NULL or threads == NULL or args == NULL:
+            raise MemoryError()
+        for k in range(workers):
+            if part_init(&parts[k], flags) != 0:
+                ready = k + 1
+                raise MemoryError()
+            parts[k].w = &w
+            args[k].arg = &parts[k]
+        ready = workers
+        parts[0].check_signals = 1
+        budget = fd_budget(1)
+        with nogil:
+            rc = walk_start(&w, &parts[0], c, flags, workers, budget, &cancel)
+            if rc == 0:
+                crew.fn = _part_main
+                started = crew_start(&crew, threads, args + 1, workers - 1)
+                participate(&parts[0])
+                crew_wait(&crew, threads, started, 1, &cancel)
+                crew_free(&crew)
+            walk_end(&w)
+            rc = walk_code(&w, &fail)
+            if rc == CANCELLED:  # only this thread cancels, on an interrupt
+                rc = INTERRUPTED
+        if rc == INTERRUPTED:
+            _reraise()
+        if rc > 0:
+            _raise_failure(rc, &fail)
+        _zero(&total)
+        for k in range(workers):
+            _merge(&total, &parts[k].t)
+            if flags & F_SHARED and range_extend(&ranges, &parts[k].ranges) != 0:
+                raise MemoryError()
+        if flags & F_SHARED:
+            range_union(&ranges, &total.shared_phys)
+        return _as_tuple(&total)
+    finally:
+        for k in range(ready):
+            part_free(&parts[k])
+        free(parts)
+        free(threads)
+        free(args)
+        free(ranges.items)
 
 # ---- many walks, several threads --------------------------------------------
 
@@ -501,6 +1422,7 @@ cdef struct Batch:
     const char **paths
     Py_ssize_t n
     int flags
+    int budget
     Py_ssize_t next       # the next index to take (atomic)
     int stop_taking       # set on the first error when stop_on_error (atomic)
     int cancel            # set when the caller was interrupted (atomic)
@@ -509,16 +1431,22 @@ cdef struct Batch:
     Failure *failures
     int *codes            # per index: 0, an errno, INTERRUPTED, CANCELLED or NOT_RUN
 
+cdef struct BatchPart:
+    Batch *b
+    Part part
 
-cdef void _work(Batch *b, int check_signals) noexcept nogil:
+
+cdef void _work(BatchPart *bp) noexcept nogil:
+    cdef Batch *b = bp.b
+    cdef Part *p = &bp.part
     cdef Py_ssize_t i
     cdef int rc
     while not snap_get(&b.stop_taking) and not snap_get(&b.cancel):
         i = snap_take(&b.next)
         if i >= b.n:
             return
-        _zero(&b.totals[i])
-        rc = _walk(b.paths[i], b.flags, &b.totals[i], &b.failures[i], check_signals, &b.cancel)
+        rc = _walk(b.paths[i], b.flags, p, &b.failures[i], &b.cancel, b.budget)
+        b.totals[i] = p.t
         b.codes[i] = rc
         if rc == INTERRUPTED:
             snap_set(&b.cancel)
@@ -528,13 +1456,13 @@ cdef void _work(Batch *b, int check_signals) noexcept nogil:
             snap_set(&b.stop_taking)
 
 
-cdef void *_thread_main(void *arg) noexcept nogil:
-    _work(<Batch *>arg, 0)
+cdef void *_batch_main(void *arg) noexcept nogil:
+    _work(<BatchPart *>arg)
     return NULL
 
 
 def walk_many(list paths, int flags, int workers, bint stop_on_error):
-    """Walk each path (bytes) on *workers* threads.
+    """Walk each path (bytes) on *workers* threads, one walk per path.
 
     Returns a list with, per path, the tuple ``walk`` would return or the
     OSError it would raise.  With *stop_on_error*, names after the first
@@ -543,16 +1471,19 @@ def walk_many(list paths, int flags, int workers, bint stop_on_error):
     cdef Py_ssize_t n = len(paths), i
     cdef Batch b
     cdef pthread_t *threads = NULL
-    cdef int started = 0, k
+    cdef BatchPart *bparts = NULL
+    cdef CrewArg *args = NULL
+    cdef Crew crew
+    cdef int started = 0, k, ready = 0, interrupted = 0
     cdef list out
     for p in paths:
         _c_path(p)
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    if workers > n:
-        workers = <int>max(n, 1)
+    workers = <int>max(1, min(workers, n, thread_cap()))
     b.n = n
     b.flags = flags
+    b.budget = fd_budget(workers)
     b.next = 0
     b.stop_taking = 0
     b.cancel = 0
@@ -561,25 +1492,38 @@ def walk_many(list paths, int flags, int workers, bint stop_on_error):
     b.totals = <Totals *>calloc(max(n, 1), sizeof(Totals))
     b.failures = <Failure *>calloc(max(n, 1), sizeof(Failure))
     b.codes = <int *>malloc(max(n, 1) * sizeof(int))
-    threads = <pthread_t *>malloc(workers * sizeof(pthread_t))
+    threads = <pthread_t *>calloc(workers, sizeof(pthread_t))
+    bparts = <BatchPart *>calloc(workers, sizeof(BatchPart))
+    args = <CrewArg *>calloc(workers, sizeof(CrewArg))
     try:
-        if not (b.paths and b.totals and b.failures and b.codes and threads):
+        if not (b.paths and b.totals and b.failures and b.codes and threads and bparts and args):
             raise MemoryError()
+        for k in range(workers):
+            ready = k + 1
+            if part_init(&bparts[k].part, flags) != 0:
+                raise MemoryError()
+            bparts[k].b = &b
+            args[k].arg = &bparts[k]
         for i in range(n):
             b.paths[i] = PyBytes_AS_STRING(paths[i])  # *paths* keeps them alive
             b.codes[i] = NOT_RUN
+        bparts[0].part.check_signals = 1
         with nogil:
-            for k in range(workers - 1):
-                if pthread_create(&threads[started], NULL, _thread_main, &b) == 0:
-                    started += 1
-            _work(&b, 1)
-            for k in range(started):
-                pthread_join(threads[k], NULL)
+            crew.fn = _batch_main
+            started = crew_start(&crew, threads, args + 1, workers - 1)
+            _work(&bparts[0])
+            if crew_wait(&crew, threads, started, bparts[0].part.check_signals, &b.cancel) < 0:
+                interrupted = 1
+            crew_free(&crew)
+        # An interrupt: the KeyboardInterrupt is pending, so build no object before it propagates.
+        if interrupted:
+            _reraise()
+        for i in range(n):
+            if b.codes[i] == INTERRUPTED:
+                _reraise()
         out = [None] * n
         for i in range(n):
             rc = b.codes[i]
-            if rc == INTERRUPTED:
-                _reraise()
             if rc == 0:
                 out[i] = _as_tuple(&b.totals[i])
             elif rc > 0:
@@ -587,15 +1531,17 @@ def walk_many(list paths, int flags, int workers, bint stop_on_error):
                     out[i] = os_error(rc, <bytes>b.failures[i].path)
                 else:
                     out[i] = os_error(rc, paths[i])
-        # Only this thread checks signals, so a cancelled batch always has the
-        # INTERRUPTED entry handled above.
         return out
     finally:
         if b.failures:
             for i in range(n):
                 free(b.failures[i].path)
+        for k in range(ready):
+            part_free(&bparts[k].part)
         free(b.paths)
         free(b.totals)
         free(b.failures)
         free(b.codes)
         free(threads)
+        free(bparts)
+        free(args)

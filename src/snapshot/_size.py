@@ -1,7 +1,7 @@
 """Sizing: dir_size, dir_sizes and usage, over whichever walker is in use.
 
-The compiled walker (_du, fts) is used wherever it can exist; the pure-Python
-one (_pydu) only where fts cannot (not Linux).  On Linux a missing or broken
+The compiled walker (_du, descriptor-relative system calls) is used wherever it can exist; the pure-Python
+one (_pydu) only where it is not built (not Linux).  On Linux a missing or broken
 extension is an ImportError, never a silent fall back to the slow walker.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, UNIQUE_INODES
 
 if sys.platform.startswith("linux"):
     from . import _du as _impl  # must build on Linux: see setup.py
-    BACKEND = "fts"
+    BACKEND = "openat"
 else:  # pragma: no cover - no such machine here
     _impl = _pydu
     BACKEND = "python"
@@ -34,6 +34,9 @@ class Usage:
     shared: Optional[int] = None  # allocated bytes in extents flagged shared
     exclusive: Optional[int] = None  # allocated - shared
     shared_physical: Optional[int] = None  # union of shared extents' disk ranges
+    # Regular files whose extents could not be read because another process held
+    # a lease on them (opening would have broken it): their blocks count as exclusive.
+    unmapped_files: Optional[int] = None
 
 
 def dir_size(base_dir: StrPath, name: str) -> int:
@@ -47,17 +50,21 @@ def _flags(count_links: bool, one_file_system: bool, shared_extents: bool) -> in
 
 
 def _to_usage(t: tuple, shared_extents: bool) -> Usage:
-    allocated, apparent, files, dirs, shared, phys = t
+    allocated, apparent, files, dirs, shared, phys, unmapped = t
     if not shared_extents:
         return Usage(allocated, apparent, files, dirs)
-    return Usage(allocated, apparent, files, dirs, shared, allocated - shared, phys)
+    return Usage(allocated, apparent, files, dirs, shared, allocated - shared, phys, unmapped)
 
 
-def usage(path: Union[StrPath, bytes], *, count_links: bool = True, one_file_system: bool = False,
-          shared_extents: bool = False) -> Usage:
-    """Everything one walk of *path* finds; see Usage."""
+def usage(path: Union[StrPath, bytes], *, workers: int = 1, count_links: bool = True,
+          one_file_system: bool = False, shared_extents: bool = False) -> Usage:
+    """Everything one walk of *path* finds; see Usage.
+
+    *workers* threads walk the one tree together (at most 4 per CPU); the
+    result is the same whatever their number."""
     flags = _flags(count_links, one_file_system, shared_extents)
-    return _to_usage(_impl.walk(os.fsencode(path), flags), shared_extents)
+    return _to_usage(_impl.walk(os.fsencode(path), flags, _workers(workers, _impl.thread_cap())),
+                     shared_extents)
 
 
 def snapshot_names(base_dir: StrPath) -> List[str]:
@@ -67,11 +74,12 @@ def snapshot_names(base_dir: StrPath) -> List[str]:
 
 
 def _workers(workers: Optional[int], n: int) -> int:
+    """Threads to start: at most *n* (the names, or the walker's cap)."""
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive int, not {workers!r}")
-    return max(1, min(workers, n))
+    return max(1, min(workers, n, _impl.thread_cap()))
 
 
 def usages(base_dir: StrPath, names: List[str], *, workers: Optional[int] = None,
