@@ -78,7 +78,14 @@ class DirFds:
         """Open node from its parent (reopened if need be); node is busy until settle(node).
 
         Raises OSError; an errno in CHANGED means the tree changed meanwhile."""
-        fd = self._openat(self.parent_fd(node), node.name)
+        parent = node.parent
+        assert parent is not None
+        parent_fd = self.parent_fd(node)
+        self.idle.pop(parent, None)  # not closable while we open from it
+        try:
+            fd = self._openat(parent_fd, node.name)
+        finally:
+            self._closable(parent)
         node.fd = fd
         node.busy = True
         self.open_fds += 1
@@ -185,9 +192,12 @@ class DirFds:
                 prev = fd
         finally:
             for m in chain:
-                if m is not node and m.fd >= 0:
-                    self.idle[m] = None
-            if anc.parent is not None and anc.holds > 0 and not anc.busy:
-                self.idle[anc] = None
+                self._closable(m)
+            self._closable(anc)
             while self.open_fds > self.budget and self._evict():
                 pass
+
+    def _closable(self, node: DirNode) -> None:
+        """Every open directory that is held and not being read may be closed early."""
+        if node.parent is not None and node.fd >= 0 and node.holds > 0 and not node.busy:
+            self.idle[node] = None

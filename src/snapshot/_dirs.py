@@ -2,7 +2,8 @@
 
 ``remove`` behaves like Go's os.RemoveAll, done with directory file
 descriptors so that no symlink inside the tree is ever followed, however the
-tree changes while it runs, and iteratively so that depth costs no recursion.
+tree changes while it runs, iteratively so that depth costs no recursion, and
+within a fixed descriptor budget (_dirfds) so that depth costs no descriptors.
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import errno
 import os
 import stat
 
+from ._dirfds import DIR_FLAGS as _DIR_FLAGS
+from ._dirfds import DirFds, DirNode, fd_budget
 from ._paths import StrPath, dir_path
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _GONE = (errno.ENOENT,)
 _NOT_DIR = (errno.ENOTDIR, errno.ELOOP)  # replaced by a file or a symlink meanwhile
 _DENIED = (errno.EACCES, errno.EPERM)
@@ -56,7 +58,11 @@ def remove(base_dir: StrPath, name: str) -> None:
             _remove_entry(os.unlink, path, None)
             return
         raise
-    _remove_contents(top)  # closes top
+    tree = DirFds(os.fsencode(path), top, fd_budget(1))
+    try:
+        _remove_contents(tree)
+    finally:
+        tree.close()
     try:
         os.rmdir(path)
     except FileNotFoundError:
@@ -86,66 +92,78 @@ def _make_writable(fd: int) -> None:
     os.fchmod(fd, stat.S_IMODE(mode) | stat.S_IRWXU)
 
 
-def _open_subdir(parent: int, name: str):
-    """Open a subdirectory without following links; None if it is gone."""
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=parent)
-    except OSError as e:
-        if e.errno in _GONE:
-            return None
-        if e.errno in _NOT_DIR:
-            _remove_entry(os.unlink, name, parent)
-            return None
-        if e.errno not in _DENIED:
-            raise
-    # Unreadable directory: chmod it through an O_PATH descriptor, which
-    # cannot follow a symlink swapped in meanwhile, then try again.
-    try:
-        pfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-    except FileNotFoundError:
-        return None
-    try:
-        os.chmod(f"/proc/self/fd/{pfd}", stat.S_IMODE(os.fstat(pfd).st_mode) | stat.S_IRWXU)
-    finally:
-        os.close(pfd)
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=parent)
-    except FileNotFoundError:
-        return None
+def _open_subdir(tree: DirFds, node: DirNode) -> bool:
+    """Open node without following links; False if it is gone (or was a file, now unlinked)."""
+    for attempt in (1, 2):
+        try:
+            tree.open(node)
+            return True
+        except OSError as e:
+            if e.errno in _GONE:
+                return False
+            parent = tree.parent_fd(node)
+            if e.errno in _NOT_DIR:
+                _remove_entry(os.unlink, node.name, parent)
+                return False
+            if e.errno not in _DENIED or attempt == 2:
+                raise
+        # Unreadable directory: chmod it through an O_PATH descriptor, which
+        # cannot follow a symlink swapped in meanwhile, then try again.
+        try:
+            pfd = os.open(node.name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        except FileNotFoundError:
+            return False
+        try:
+            os.chmod(f"/proc/self/fd/{pfd}", stat.S_IMODE(os.fstat(pfd).st_mode) | stat.S_IRWXU)
+        finally:
+            os.close(pfd)
+    return False  # not reached
 
 
-def _remove_contents(top: int) -> None:
-    """Empty the directory open as *top*, depth first; closes every fd it opens."""
-    stack: list = [(top, os.scandir(top), None)]  # (fd, listing, name in parent)
-    try:
-        while stack:
-            fd, listing, dname = stack[-1]
-            entry = next(listing, None)
-            if entry is None:
-                listing.close()
-                stack.pop()
-                os.close(fd)
-                if stack:
-                    _remove_entry(os.rmdir, dname, stack[-1][0])
-                continue
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if not is_dir:
-                try:
-                    _remove_entry(os.unlink, entry.name, fd)
-                except IsADirectoryError:  # became a directory meanwhile
-                    is_dir = True
-            if is_dir:
-                child = _open_subdir(fd, entry.name)
-                if child is not None:
+def _remove_contents(tree: DirFds) -> None:
+    """Empty the tree's root directory, depth first: each directory is listed
+    whole, its non-directories unlinked, and it is removed once its last
+    subdirectory is."""
+    stack = [tree.root]
+    while stack:
+        node = stack.pop()
+        if node is not tree.root and not _open_subdir(tree, node):
+            _finished(tree, node.parent)  # type: ignore[arg-type]
+            continue
+        try:
+            with os.scandir(node.fd) as it:
+                entries = [(e.name, _is_dir(e)) for e in it]
+            for name, is_dir in entries:
+                if is_dir is None:
+                    continue  # gone meanwhile
+                if not is_dir:
                     try:
-                        stack.append((child, os.scandir(child), entry.name))
-                    except BaseException:
-                        os.close(child)
-                        raise
-    finally:
-        for fd, listing, _ in stack:
-            listing.close()
-            os.close(fd)
+                        _remove_entry(os.unlink, name, node.fd)
+                        continue
+                    except IsADirectoryError:  # became a directory meanwhile
+                        pass
+                stack.append(tree.child(node, os.fsencode(name)))
+        finally:
+            tree.settle(node)
+        if node.holds == 0 and node is not tree.root:
+            _finished(tree, node, own=True)
+
+
+def _is_dir(entry):
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _finished(tree: DirFds, node: DirNode, own: bool = False) -> None:
+    """A child of node is done (own: node itself is empty): remove every directory
+    that is now empty, up to the root (which the caller removes)."""
+    if not own:
+        node.holds -= 1
+    while node.parent is not None and node.holds == 0:
+        tree.close_node(node)
+        parent = node.parent
+        _remove_entry(os.rmdir, node.name, tree.parent_fd(node))
+        tree.release(parent)
+        node = parent
