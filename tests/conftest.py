@@ -148,3 +148,68 @@ def lstat_oracle(root) -> tuple:
             files += 1
         dirs -= sum(1 for x in dnames if os.path.islink(os.path.join(d, x)))
     return alloc, app, files, dirs
+
+
+def _libc():
+    import ctypes
+    return ctypes.CDLL(None, use_errno=True)
+
+
+RENAME_EXCHANGE = 2
+
+
+def exchange(a, b) -> None:
+    """renameat2(a, b, RENAME_EXCHANGE): swap two names atomically."""
+    import ctypes
+    if _libc().renameat2(-100, os.fsencode(a), -100, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), a)
+
+
+class Swapper:
+    """A child process that swaps two names with RENAME_EXCHANGE until stopped:
+    it runs on its own core, so walks race it for real (no GIL between them)."""
+
+    def __init__(self, a, b) -> None:
+        exchange(a, b)  # fails here, in the test, if the kernel or filesystem cannot
+        exchange(a, b)
+        self.pid = os.fork()
+        if self.pid == 0:  # child
+            try:
+                libc, a2, b2 = _libc(), os.fsencode(a), os.fsencode(b)
+                while True:
+                    libc.renameat2(-100, a2, -100, b2, RENAME_EXCHANGE)
+            finally:
+                os._exit(0)
+
+    def stop(self) -> None:
+        import signal
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
+
+def make_deep(root: bytes, levels: int, name_len: int = 200) -> tuple:
+    """levels of directories a<i> (name_len bytes), each beside a leaf b<i> holding a 5000-byte
+    file, so that a walk holds many directories at once.  Returns (allocated, files, dirs)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    allocated = 0
+    try:
+        for i in range(levels):
+            a = (b"a%d" % i).ljust(name_len, b"x")
+            b = (b"b%d" % i).ljust(name_len, b"y")
+            os.mkdir(a, dir_fd=fd)
+            os.mkdir(b, dir_fd=fd)
+            bf = os.open(b, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            try:
+                f = os.open(b"f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=bf)
+                os.write(f, b"z" * 5000)
+                allocated += os.fstat(f).st_blocks * 512
+                os.close(f)
+            finally:
+                os.close(bf)
+            nfd = os.open(a, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+    return allocated, levels, 1 + 2 * levels

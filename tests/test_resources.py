@@ -1,4 +1,5 @@
 """Many calls leak neither file descriptors nor memory; Ctrl-C stops a long walk fast."""
+import functools
 import os
 import signal
 import threading
@@ -7,6 +8,7 @@ import time
 import pytest
 
 import snapshot
+from snapshot import _size
 
 pytestmark = pytest.mark.usefixtures("walker")
 
@@ -98,15 +100,41 @@ def large_tree(tmp_path_factory):
         d.mkdir(parents=True)
         for j in range(200):
             os.close(os.open(d / f"f{j}", os.O_CREAT | os.O_WRONLY, 0o644))
+    (base / "empty").mkdir()  # the tiniest snapshot, for batches
     return str(base), "tree"
 
 
-@pytest.mark.parametrize("what", ["dir_size", "usage", "dir_sizes"])
-def test_ctrl_c_interrupts_a_long_walk_quickly(what, large_tree):
-    base, name = large_tree
-    call = {"dir_size": lambda: snapshot.dir_size(base, name),
-            "usage": lambda: snapshot.usage(os.path.join(base, name), count_links=False),
-            "dir_sizes": lambda: snapshot.dir_sizes(os.path.join(base, name), workers=2)}[what]
+@pytest.fixture(scope="module")
+def big_directory(tmp_path_factory):
+    """One directory of 100,000 entries: fts read and lstat'ed it in a single step (0.1-0.2 s)."""
+    d = tmp_path_factory.mktemp("bigdir") / "vm"
+    d.mkdir()
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(100_000):
+            os.mkfifo(f"p{i}", dir_fd=fd)  # no blocks to allocate: the fastest entry to make
+    finally:
+        os.close(fd)
+    return str(d)
+
+
+CALLS = {
+    "dir_size": lambda tree, big: snapshot.dir_size(*tree),
+    "usage": lambda tree, big: snapshot.usage(os.path.join(*tree), count_links=False),
+    "usage, 2 workers": lambda tree, big: snapshot.usage(os.path.join(*tree), workers=2),
+    "dir_sizes": lambda tree, big: snapshot.dir_sizes(os.path.join(*tree), workers=2),
+    "one directory of 100,000 entries": lambda tree, big: snapshot.usage(big),
+    # 240,000 tiny walks: the entry counter must carry across walks for the batch to look at signals.
+    "a batch of 240,000 tiny snapshots": lambda tree, big: snapshot.dir_sizes(
+        tree[0], ["empty"] * 240_000, workers=2),
+    # A failed name before the interrupt must not turn it into a SystemError.
+    "after a failed snapshot": lambda tree, big: _size.usages(tree[0], ["missing"] + [tree[1]] * 20, workers=1),
+}
+
+
+@pytest.mark.parametrize("what", list(CALLS))
+def test_ctrl_c_interrupts_a_long_walk_quickly(what, large_tree, big_directory):
+    call = functools.partial(CALLS[what], large_tree, big_directory)
     call()  # warm the caches, so the walk is CPU-bound like a long one
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     fds, tasks = open_fds(), threads_now()

@@ -237,7 +237,9 @@ def test_dir_sizes_bad_arguments(tmp_path):
             snapshot.dir_sizes(tmp_path, [], workers=bad)
 
 
-def test_one_file_system_stays_on_the_root_device(tmp_path):
+@pytest.mark.usefixtures("walker")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_file_system_stays_on_the_root_device(tmp_path, workers):
     d = tmp_path / "vm"
     (d / "mnt").mkdir(parents=True)
     (d / "f").write_bytes(os.urandom(10000))
@@ -245,8 +247,8 @@ def test_one_file_system_stays_on_the_root_device(tmp_path):
     try:
         (d / "mnt" / "inner").mkdir()
         (d / "mnt" / "inner" / "g").write_bytes(os.urandom(100000))
-        whole = snapshot.usage(d)
-        local = snapshot.usage(d, one_file_system=True)
+        whole = snapshot.usage(d, workers=workers)
+        local = snapshot.usage(d, one_file_system=True, workers=workers)
         assert whole.dirs == 3 and local.dirs == 1
         assert whole.files == 2 and local.files == 1
         assert local.allocated == os.lstat(d / "f").st_blocks * 512

@@ -871,6 +871,11 @@ cdef void read_dir(Part *p, Node *n) noexcept nogil:
     cdef size_t nkids
     cdef int e = 0, one_fs = w.flags & F_ONE_FS
     while True:
+        # Every chunk counts too, so that walks of empty directories (a batch of
+        # tiny snapshots) still look at signals.
+        p.seen += 1
+        if p.seen % SIGNAL_EVERY == 0 and check_stop(p):
+            return
         got = snap_getdents(n.fd, p.buf, DENTS_BYTES)
         if got <= 0:
             if got < 0:

@@ -73,10 +73,15 @@ def snapshot_names(base_dir: StrPath) -> List[str]:
         return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
 
 
+def default_workers() -> int:
+    """Every CPU the process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _workers(workers: Optional[int], n: int) -> int:
     """Threads to start: at most *n* (the names, or the walker's cap)."""
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = default_workers()
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive int, not {workers!r}")
     return max(1, min(workers, n, _impl.thread_cap()))

@@ -1,6 +1,6 @@
 """snapshot-du: du -s for snapshot directories, with a fleet report.
 
-    snapshot-du [-h|-b] [--apparent-size] [-l] [-x] [-c] [--shared] [--json] PATH...
+    snapshot-du [-h|-b] [--apparent-size] [-l] [-x] [-c] [--shared] [--json] [-j N] PATH...
     snapshot-du --snapshots BASE [-h|-b] [--shared] [--json|--prometheus] [-o FILE]
 
 Sizes count non-directories only, as snapshot.dir_size does (du -s also counts
@@ -17,7 +17,7 @@ from typing import List, Optional
 
 from . import _report
 from ._atomic import atomic_write
-from ._size import usage
+from ._size import default_workers, usage
 
 PROG = "snapshot-du"
 
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--prometheus", action="store_true",
                      help="with --snapshots: the Prometheus text format, for node_exporter's textfile collector")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE atomically (temp file + rename)")
-    p.add_argument("-j", "--workers", type=int, metavar="N", help="threads for --snapshots (default: all CPUs)")
+    p.add_argument("-j", "--workers", type=int, metavar="N", help="threads: per snapshot with --snapshots, inside each tree with PATHs (default: all CPUs)")
     return p
 
 
@@ -58,10 +58,11 @@ def _paths_mode(args) -> tuple:
     failed = False
     lines, records = [], []
     total = total_shared = 0
+    workers = default_workers() if args.workers is None else args.workers
     for path in args.paths:
         try:
-            u = usage(path, count_links=args.count_links, one_file_system=args.one_file_system,
-                      shared_extents=args.shared)
+            u = usage(path, workers=workers, count_links=args.count_links,
+                      one_file_system=args.one_file_system, shared_extents=args.shared)
         except OSError as e:
             _warn(f"cannot access '{path if e.filename is None else e.filename}': {e.strerror}")
             failed = True
