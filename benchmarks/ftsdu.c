@@ -1,17 +1,21 @@
-/* The C baseline for benchmarks/compare.py: what dir_size does, in plain C.
+/* The C baselines for benchmarks/compare.py: what dir_size does, in plain C.
  *
- *   ftsdu [-j THREADS] [-a] PATH...
+ *   ftsdu [-j THREADS] [-a [-t TREE_THREADS]] PATH...
  *
- * Sizes each PATH with its own fts_open(FTS_PHYSICAL | FTS_NOCHDIR), as
- * snapshot.dir_size does per snapshot: st_blocks * 512 over non-directories,
- * entries that vanish below the root skipped.  THREADS workers take paths from
- * a shared counter.  Prints the byte total and the nanoseconds spent sizing
- * (process start-up and argument parsing excluded).
+ * Sizes each PATH: st_blocks * 512 over non-directories, entries that vanish
+ * below the root skipped.  THREADS workers take paths from a shared counter.
+ * Prints the byte total and the nanoseconds spent sizing (process start-up and
+ * argument parsing excluded).
  *
- * -a walks with openat/fdopendir/fstatat instead of fts: every lstat names an
- * entry relative to its directory's descriptor, as GNU du's fts does, instead
- * of the full path that glibc fts must pass when it may not chdir.  It shows
- * what the kernel's path walk costs; the library itself uses fts.
+ * Without -a: glibc fts_open(FTS_PHYSICAL | FTS_NOCHDIR), the library's old
+ * walker, which names every entry by its full path.
+ *
+ * -a: the reference for the library's walker, the same system calls: each
+ * directory opened relative to its parent's descriptor, read with getdents64,
+ * fstatat(dir, name, AT_SYMLINK_NOFOLLOW) for every entry whose d_type is not
+ * DT_DIR, no stat of directories.  -t N: N threads share one tree, taking open
+ * directories from one stack.  (It keeps every pending directory open: fine
+ * for a benchmark, where the library keeps a descriptor budget.)
  */
 #include <dirent.h>
 #include <errno.h>
@@ -22,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,64 +64,104 @@ out:
     return rc;
 }
 
-static int use_at;
+static int use_at, tree_threads = 1;
 
-/* Adds the blocks of everything below the open directory dfd; closes dfd. */
-static int walk_at(int dfd, unsigned __int128 *blocks)
+struct tree {           /* one walk: a stack of open directories shared by its threads */
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    int *fds;
+    long n, cap, busy;
+    unsigned __int128 blocks;
+    int err;
+};
+
+struct dent64 { unsigned long long ino; long long off; unsigned short reclen; unsigned char type; char name[]; };
+
+static void push(struct tree *t, int fd)
 {
-    DIR *d = fdopendir(dfd);
-    if (!d) {
-        close(dfd);
-        return errno;
+    pthread_mutex_lock(&t->m);
+    if (t->n == t->cap) {
+        t->cap = t->cap * 2 + 64;
+        t->fds = realloc(t->fds, t->cap * sizeof *t->fds);
     }
-    struct dirent *de;
-    int rc = 0;
-    while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.' && (!de->d_name[1] || (de->d_name[1] == '.' && !de->d_name[2])))
-            continue;
-        struct stat st;
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-            if (errno == ENOENT)
-                continue;
-            rc = errno;
+    t->fds[t->n++] = fd;
+    pthread_cond_signal(&t->c);
+    pthread_mutex_unlock(&t->m);
+}
+
+static void *tree_worker(void *arg)
+{
+    struct tree *t = arg;
+    unsigned __int128 blocks = 0;
+    char buf[32768];
+    pthread_mutex_lock(&t->m);
+    for (;;) {
+        while (t->n == 0 && t->busy > 0 && !t->err)
+            pthread_cond_wait(&t->c, &t->m);
+        if (t->n == 0 || t->err)
             break;
-        }
-        if (S_ISDIR(st.st_mode)) {
-            int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (sub < 0) {
-                if (errno == ENOENT)
+        int fd = t->fds[--t->n];
+        t->busy++;
+        pthread_mutex_unlock(&t->m);
+        long got;
+        while ((got = syscall(SYS_getdents64, fd, buf, sizeof buf)) > 0) {
+            for (long off = 0; off < got;) {
+                struct dent64 *d = (struct dent64 *)(buf + off);
+                off += d->reclen;
+                if (d->name[0] == '.' && (!d->name[1] || (d->name[1] == '.' && !d->name[2])))
                     continue;
-                rc = errno;
-                break;
+                struct stat st;
+                if (d->type != DT_DIR) {
+                    if (fstatat(fd, d->name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+                        continue;  /* vanished */
+                    if (!S_ISDIR(st.st_mode)) {
+                        blocks += (unsigned long long)st.st_blocks;
+                        continue;
+                    }
+                }
+                int sub = openat(fd, d->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (sub >= 0)
+                    push(t, sub);
+                else if (errno != ENOENT && errno != ENOTDIR)
+                    t->err = errno;
             }
-            if ((rc = walk_at(sub, blocks)) != 0)
-                break;
-        } else {
-            *blocks += (unsigned long long)st.st_blocks;
         }
+        close(fd);
+        pthread_mutex_lock(&t->m);
+        t->busy--;
+        if (t->busy == 0 && t->n == 0)
+            pthread_cond_broadcast(&t->c);
     }
-    closedir(d);
-    return rc;
+    t->blocks += blocks;
+    pthread_cond_broadcast(&t->c);
+    pthread_mutex_unlock(&t->m);
+    return NULL;
 }
 
 static int size_one_at(char *path, unsigned __int128 *out)
 {
     struct stat st;
-    unsigned __int128 blocks = 0;
-    if (lstat(path, &st) != 0)
-        return errno;
-    if (!S_ISDIR(st.st_mode)) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (lstat(path, &st) != 0)
+            return errno;
         *out += (unsigned __int128)(unsigned long long)st.st_blocks * 512;
         return 0;
     }
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return errno;
-    int rc = walk_at(fd, &blocks);
-    if (rc)
-        fprintf(stderr, "ftsdu: %s: %s\n", path, strerror(rc));
-    *out += blocks * 512;
-    return rc;
+    struct tree t = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0};
+    pthread_t th[64];
+    int k, n = tree_threads < 64 ? tree_threads : 64;
+    push(&t, fd);
+    for (k = 1; k < n; k++)
+        pthread_create(&th[k], NULL, tree_worker, &t);
+    tree_worker(&t);
+    for (k = 1; k < n; k++)
+        pthread_join(th[k], NULL);
+    free(t.fds);
+    if (t.err)
+        fprintf(stderr, "ftsdu: %s: %s\n", path, strerror(t.err));
+    *out += t.blocks * 512;
+    return t.err;
 }
 
 static void *worker(void *arg)
@@ -136,18 +181,20 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int threads = 1, opt;
-    while ((opt = getopt(argc, argv, "j:a")) != -1) {
+    while ((opt = getopt(argc, argv, "j:at:")) != -1) {
         if (opt == 'j')
             threads = atoi(optarg);
         else if (opt == 'a')
             use_at = 1;
+        else if (opt == 't')
+            tree_threads = atoi(optarg);
         else
             return 2;
     }
     paths = argv + optind;
     npaths = argc - optind;
     if (threads < 1 || npaths < 1) {
-        fprintf(stderr, "usage: ftsdu [-j THREADS] [-a] PATH...\n");
+        fprintf(stderr, "usage: ftsdu [-j THREADS] [-a [-t TREE_THREADS]] PATH...\n");
         return 2;
     }
     pthread_t *t = calloc(threads, sizeof *t);

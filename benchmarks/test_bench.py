@@ -5,6 +5,8 @@
 Every benchmark first checks that the implementations agree; the side-by-side
 comparison with C and GNU du is benchmarks/compare.py.
 """
+import os
+
 import pytest
 
 import snapshot
@@ -44,9 +46,12 @@ def test_fleet_dir_sizes(benchmark, fleet, fleet_total, workers):
 
 
 @pytest.mark.benchmark(group="usr")
-@pytest.mark.parametrize("impl", ["fts", "python"])
+@pytest.mark.parametrize("impl", ["openat", "openat, 2 workers", "python"])
 def test_usr(benchmark, big_tree, impl):
-    fn = snapshot.dir_size if impl == "fts" else _pydu.dir_size
+    path = os.path.join(*big_tree)
+    fn = {"openat": lambda: snapshot.dir_size(*big_tree),
+          "openat, 2 workers": lambda: snapshot.usage(path, workers=2).allocated,
+          "python": lambda: _pydu.dir_size(*big_tree)}[impl]
     expected = snapshot.dir_size(*big_tree)
-    assert _pydu.dir_size(*big_tree) == expected
-    assert benchmark.pedantic(fn, big_tree, rounds=5, iterations=1) == expected
+    assert _pydu.dir_size(*big_tree) == snapshot.usage(path, workers=2).allocated == expected
+    assert benchmark.pedantic(fn, rounds=5, iterations=1) == expected
