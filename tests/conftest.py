@@ -1,6 +1,7 @@
 """Shared fixtures: every sizing test runs against both walkers."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
@@ -110,26 +111,46 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(where)], check=True)
 
 
-@pytest.fixture
-def xfs(tmp_path):
-    """A loop-mounted XFS with reflinks (mkfs.xfs -m reflink=1) inside tmp_path."""
+@contextlib.contextmanager
+def loop_mount(tmp_path, fstype: str, mkfs_args: list, size: int, package: str):
+    """Make a *fstype* image of *size* bytes inside tmp_path and loop-mount it there, or skip
+    saying why that cannot be done here (.ci/run installs *package*)."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to loop-mount an XFS image")
-    mkfs = shutil.which("mkfs.xfs") or ("/usr/sbin/mkfs.xfs" if os.path.exists("/usr/sbin/mkfs.xfs") else None)
+        pytest.skip(f"needs root to loop-mount a {fstype} image")
+    tool = f"mkfs.{fstype}"
+    mkfs = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
     if mkfs is None:
-        pytest.skip("mkfs.xfs is not installed (Debian: xfsprogs; .ci/run installs it)")
-    image, where = tmp_path / "xfs.img", tmp_path / "xfs"
+        pytest.skip(f"{tool} is not installed (Debian: {package}; .ci/run installs it)")
+    image, where = tmp_path / f"{fstype}.img", tmp_path / fstype
     with open(image, "wb") as f:
-        f.truncate(320 << 20)
-    r = subprocess.run([mkfs, "-q", "-m", "reflink=1", str(image)], capture_output=True, text=True)
+        f.truncate(size)
+    r = subprocess.run([mkfs, "-q", *mkfs_args, str(image)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"mkfs.xfs -m reflink=1 failed: {r.stderr.strip()}")
+        pytest.skip(f"{tool} {' '.join(mkfs_args)} failed: {r.stderr.strip()}")
     where.mkdir()
     r = subprocess.run(["mount", "-o", "loop", str(image), str(where)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot loop-mount XFS here: {r.stderr.strip()}")
-    yield where
-    subprocess.run(["umount", str(where)], check=True)
+        pytest.skip(f"cannot loop-mount {fstype} here: {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.fixture
+def xfs(tmp_path):
+    """A loop-mounted XFS with reflinks (mkfs.xfs -m reflink=1) inside tmp_path."""
+    with loop_mount(tmp_path, "xfs", ["-m", "reflink=1"], 320 << 20, "xfsprogs") as where:
+        yield where
+
+
+@pytest.fixture
+def btrfs(tmp_path):
+    """A loop-mounted btrfs inside tmp_path (subvolumes, snapshots)."""
+    if not shutil.which("btrfs"):
+        pytest.skip("the btrfs command is not installed (Debian: btrfs-progs; .ci/run installs it)")
+    with loop_mount(tmp_path, "btrfs", [], 256 << 20, "btrfs-progs") as where:
+        yield where
 
 
 def lstat_oracle(root) -> tuple:

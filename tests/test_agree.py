@@ -10,7 +10,8 @@ from conftest import WALKERS, lstat_oracle
 from snapshot._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, UNIQUE_INODES
 
 if WALKERS["openat"] is None:
-    pytest.skip("only one walker exists on this platform (the compiled walker is built on Linux only)", allow_module_level=True)
+    pytest.skip("only one walker exists on this platform (the compiled one is built on Linux only)",
+                allow_module_level=True)
 
 names = st.binary(min_size=1, max_size=24).filter(
     lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b".."))

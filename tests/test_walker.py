@@ -2,7 +2,6 @@
 swapped directory or file ever followed or opened, leases, btrfs subvolumes,
 parallel walks equal to one thread's, and a sane cap on threads."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -194,28 +193,6 @@ def test_a_leased_file_counts_as_exclusive_and_is_reported(tmp_path):
         os.close(r)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-
-
-@pytest.fixture
-def btrfs(tmp_path):
-    """A loop-mounted btrfs inside tmp_path."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to loop-mount a btrfs image")
-    mkfs = shutil.which("mkfs.btrfs") or ("/usr/sbin/mkfs.btrfs" if os.path.exists("/usr/sbin/mkfs.btrfs") else None)
-    if mkfs is None or not shutil.which("btrfs"):
-        pytest.skip("btrfs-progs is not installed (.ci/run installs it)")
-    image, where = tmp_path / "btrfs.img", tmp_path / "btrfs"
-    with open(image, "wb") as f:
-        f.truncate(256 << 20)
-    r = subprocess.run([mkfs, "-q", str(image)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"mkfs.btrfs failed: {r.stderr.strip()}")
-    where.mkdir()
-    r = subprocess.run(["mount", "-o", "loop", str(image), str(where)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot loop-mount btrfs here: {r.stderr.strip()}")
-    yield where
-    subprocess.run(["umount", str(where)], check=True)
 
 
 @pytest.mark.usefixtures("walker")

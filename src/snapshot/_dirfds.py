@@ -45,7 +45,7 @@ class DirNode:
         self.holds = 0  # children that still need this descriptor
         self.busy = False  # being read: not closable
         self.ident: Optional[tuple] = None  # (st_dev, st_ino), recorded when closed early
-        self.depth = 0 if parent is None else parent.depth + 1
+        self.depth: int = 0 if parent is None else parent.depth + 1
 
 
 class DirFds:

@@ -1,7 +1,8 @@
 # Stubs for the compiled walker; _pydu.py has the same functions.
 import os
 
-_Totals = tuple[int, int, int, int, int, int, int]  # allocated, apparent, files, dirs, shared, shared_physical, unmapped
+# allocated, apparent, files, dirs, shared, shared_physical, unmapped
+_Totals = tuple[int, int, int, int, int, int, int]
 
 def encode_path(base_dir: str | bytes | os.PathLike[str], name: str) -> bytes: ...
 def dir_size(base_dir: str | bytes | os.PathLike[str], name: str) -> int: ...

@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--prometheus", action="store_true",
                      help="with --snapshots: the Prometheus text format, for node_exporter's textfile collector")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE atomically (temp file + rename)")
-    p.add_argument("-j", "--workers", type=int, metavar="N", help="threads: per snapshot with --snapshots, inside each tree with PATHs (default: all CPUs)")
+    p.add_argument("-j", "--workers", type=int, metavar="N",
+                   help="threads: per snapshot with --snapshots, inside each tree with PATHs (default: all CPUs)")
     return p
 
 
