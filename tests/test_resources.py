@@ -87,7 +87,7 @@ def test_batches_leak_nothing(tmp_path, check):
     if check == "memory":
         assert rss_kib() - rss < 256
     else:
-        assert open_fds() == fds and threads_now() == tasks
+        assert open_fds() == fds and threads_now() <= tasks  # a thread that ended meanwhile is no leak
 
 
 @pytest.fixture(scope="module")
@@ -159,4 +159,4 @@ def test_ctrl_c_interrupts_a_long_walk_quickly(what, large_tree, big_directory):
     # Under ASan (with PYTHONMALLOC=malloc) everything runs several times slower; that run
     # checks the interrupt path for memory errors, the normal run checks the 0.1 s.
     assert max(latencies) < (1.0 if UNDER_ASAN else 0.1), latencies
-    assert open_fds() == fds and threads_now() == tasks
+    assert open_fds() == fds and threads_now() <= tasks  # a thread that ended meanwhile is no leak
