@@ -112,9 +112,8 @@ class DirFds:
         if node.holds == 0:
             self._close(node)
         else:
-            self.idle[node] = None
-            while self.open_fds > self.budget and self._evict():
-                pass
+            self._closable(node)
+            self._within_budget()
 
     def close(self) -> None:
         for node in list(self.idle):
@@ -133,6 +132,10 @@ class DirFds:
         os.close(node.fd)
         node.fd = -1
         self.open_fds -= 1
+
+    def _within_budget(self) -> None:
+        while self.open_fds > self.budget and self._evict():
+            pass
 
     def _evict(self) -> bool:
         """Close the shallowest idle directory (it is needed last), recording its identity."""
@@ -194,8 +197,7 @@ class DirFds:
             for m in chain:
                 self._closable(m)
             self._closable(anc)
-            while self.open_fds > self.budget and self._evict():
-                pass
+            self._within_budget()
 
     def _closable(self, node: DirNode) -> None:
         """Every open directory that is held and not being read may be closed early."""

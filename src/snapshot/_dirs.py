@@ -128,7 +128,8 @@ def _remove_contents(tree: DirFds) -> None:
     while stack:
         node = stack.pop()
         if node is not tree.root and not _open_subdir(tree, node):
-            _finished(tree, node.parent)  # type: ignore[arg-type]
+            tree.release(node.parent)  # type: ignore[arg-type]
+            _remove_empty(tree, node.parent)  # type: ignore[arg-type]
             continue
         try:
             with os.scandir(node.fd) as it:
@@ -145,8 +146,7 @@ def _remove_contents(tree: DirFds) -> None:
                 stack.append(tree.child(node, os.fsencode(name)))
         finally:
             tree.settle(node)
-        if node.holds == 0 and node is not tree.root:
-            _finished(tree, node, own=True)
+        _remove_empty(tree, node)
 
 
 def _is_dir(entry):
@@ -156,11 +156,9 @@ def _is_dir(entry):
         return None
 
 
-def _finished(tree: DirFds, node: DirNode, own: bool = False) -> None:
-    """A child of node is done (own: node itself is empty): remove every directory
-    that is now empty, up to the root (which the caller removes)."""
-    if not own:
-        node.holds -= 1
+def _remove_empty(tree: DirFds, node: DirNode) -> None:
+    """Remove node if no subdirectory of it is left, then each ancestor that this
+    leaves empty, up to the root (which the caller removes)."""
     while node.parent is not None and node.holds == 0:
         tree.close_node(node)
         parent = node.parent

@@ -24,9 +24,9 @@ others waits with a timeout and looks too.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from libc.errno cimport errno, ENOENT, ENOMEM, ENOTDIR, ENOTTY, EOPNOTSUPP, EINVAL, ELOOP, EMFILE, ENFILE, EAGAIN
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc, calloc, qsort
-from libc.string cimport memchr, memcpy, memcmp, strdup, strlen
+from libc.string cimport memchr, memcpy, strdup, strlen
 from posix.stat cimport struct_stat, fstat, S_ISDIR, S_ISREG
 from posix.unistd cimport close
 
@@ -412,7 +412,7 @@ cdef struct Part:         # one thread's share of a walk; reused across a batch'
     char *buf
     Node **kids           # children found in the current chunk, pushed together
     size_t capkids
-    unsigned long seen    # entries seen: carries across walks, so batches look at signals too
+    unsigned long seen    # entries and getdents chunks: carries across walks, so batches look at signals too
     int check_signals
     int nkeys             # a small cache st_dev -> filesystem identity
     int nextkey
@@ -675,13 +675,14 @@ cdef int check_stop(Part *p) noexcept nogil:
     return 0
 
 
-cdef int fs_key(Part *p, int fd, uint64_t dev, uint64_t *out) noexcept nogil:
+cdef void fs_key(Part *p, int fd, uint64_t dev, uint64_t *out) noexcept nogil:
+    """The filesystem identity of fd (on device dev) into out[2], cached per thread."""
     cdef int i
     for i in range(p.nkeys):
         if p.key_dev[i] == dev:
             out[0] = p.key_fs[i][0]
             out[1] = p.key_fs[i][1]
-            return 0
+            return
     if not snap_fs_identity(fd, out):
         out[0] = dev
         out[1] = 0
@@ -692,7 +693,6 @@ cdef int fs_key(Part *p, int fd, uint64_t dev, uint64_t *out) noexcept nogil:
     p.key_dev[i] = dev
     p.key_fs[i][0] = out[0]
     p.key_fs[i][1] = out[1]
-    return 0
 
 
 cdef int file_shared(Part *p, int dirfd, const char *name, const struct_stat *counted,

@@ -61,22 +61,19 @@ def _fs_identity(fd: int, dev: int) -> tuple:
 def _open_counted(dir_fd: int, name: bytes, counted: os.stat_result):
     """A read descriptor of dir_fd/name if it is still the regular file counted, else None.
 
-    O_PATH opens no device and breaks no lease; /proc/self/fd then names that very inode."""
-    if _O_PATH:
-        pfd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            st = os.fstat(pfd)
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (counted.st_dev, counted.st_ino):
-                return None
-            return os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-        finally:
-            os.close(pfd)
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dir_fd)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (counted.st_dev, counted.st_ino):
+    O_PATH opens no device and breaks no lease; /proc/self/fd then names that very inode.
+    Without O_PATH (not Linux) the file is opened first and checked after."""
+    flags = (_O_PATH | os.O_CLOEXEC) if _O_PATH else (os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (counted.st_dev, counted.st_ino):
+            return None
+        if not _O_PATH:
+            return os.dup(fd)  # this one is already open for reading
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    finally:
         os.close(fd)
-        return None
-    return fd
 
 
 def _shared_extents(fd: int, fs: tuple, ranges: list) -> int:
