@@ -1,4 +1,5 @@
-"""write_meta under SIGKILL: after every kill, read_meta gives the old or the new value."""
+"""write_meta under SIGKILL: after every kill, read_meta gives the old or the new value.
+The values are large (hundreds of KiB, under read_meta's 1 MiB cap) so a write takes many system calls."""
 import os
 import random
 import signal
@@ -12,16 +13,16 @@ from snapshot._meta import TEMP_PREFIX
 WRITER = r"""
 import sys, snapshot
 base = sys.argv[1]
-a = snapshot.RootfsMeta("A" * 3_000_000, "tpl-a", 2, 2048)
-b = snapshot.RootfsMeta("B" * 2_000_000 + "<&>", "tpl-b", 4, 4096)
+a = snapshot.RootfsMeta("A" * 700_000, "tpl-a", 2, 2048)
+b = snapshot.RootfsMeta("B" * 500_000 + "<&>", "tpl-b", 4, 4096)
 print("ready", flush=True)
 while True:
     snapshot.write_meta(base, "vm", a)
     snapshot.write_meta(base, "vm", b)
 """
 
-A = snapshot.RootfsMeta("A" * 3_000_000, "tpl-a", 2, 2048)
-B = snapshot.RootfsMeta("B" * 2_000_000 + "<&>", "tpl-b", 4, 4096)
+A = snapshot.RootfsMeta("A" * 700_000, "tpl-a", 2, 2048)
+B = snapshot.RootfsMeta("B" * 500_000 + "<&>", "tpl-b", 4, 4096)
 OLD = snapshot.RootfsMeta("old")
 
 

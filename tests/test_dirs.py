@@ -1,3 +1,4 @@
+import errno
 import os
 import stat
 
@@ -130,3 +131,104 @@ def test_bad_names(tmp_path, name):
         with pytest.raises(ValueError):
             fn(base, name)
     assert (victim / "sub" / "deeper" / "f").exists() and (base / "x").is_dir()
+
+
+# ---- edge cases of ensure_dir and remove ----------------------------------------
+
+def test_ensure_dir_relative_base_that_does_not_exist_yet(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert snapshot.ensure_dir("new/base", "vm") == "new/base/vm"
+    assert (tmp_path / "new" / "base" / "vm").is_dir()
+    assert snapshot.ensure_dir("", "vm2") == "vm2"  # Go: MkdirAll(Join("", name))
+    assert (tmp_path / "vm2").is_dir()
+    assert snapshot.ensure_dir(b"", "vm3") == b"vm3"
+    assert (tmp_path / "vm3").is_dir()
+
+
+class Lying(str):
+    def __eq__(self, other):
+        return False
+
+    __hash__ = str.__hash__
+
+    def __contains__(self, item):
+        return False
+
+    def __len__(self):
+        return 4
+
+
+@pytest.mark.parametrize("value", ["..", ".", ""])
+def test_a_lying_name_cannot_reach_outside_base(tmp_path, value):
+    """remove(base, Dots("..")) once emptied base's parent."""
+    base = tmp_path / "parent" / "base"
+    base.mkdir(parents=True)
+    (tmp_path / "parent" / "keep").write_text("parent's")
+    (base / "keep").write_text("base's")
+    for fn in (snapshot.remove, snapshot.ensure_dir, snapshot.read_meta, snapshot.dir_size,
+               lambda b, n: snapshot.write_meta(b, n, snapshot.RootfsMeta("x")),
+               lambda b, n: snapshot.dir_sizes(b, [n])):
+        with pytest.raises(ValueError):
+            fn(base, Lying(value))
+    assert (tmp_path / "parent" / "keep").read_text() == "parent's"
+    assert (base / "keep").read_text() == "base's"
+    assert sorted(os.listdir(tmp_path / "parent")) == ["base", "keep"]
+
+
+def _fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_remove_closes_the_top_descriptor_when_listing_it_fails(tmp_path):
+    """Listing the top directory (os.scandir dups its descriptor) fails with EMFILE
+    when one descriptor is left: the top one must still be closed."""
+    import resource
+    make_snapshot(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = _fds()
+    highest = max(int(fd) for fd in before)
+    fillers = []
+    try:
+        while True:  # take every free number up to the highest open one
+            fd = os.open(tmp_path, os.O_RDONLY)
+            if fd > highest:
+                os.close(fd)
+                break
+            fillers.append(fd)
+        # fd is now the lowest free number: the top directory gets it, and the dup finds none.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd + 1, hard))
+        with pytest.raises(OSError) as e:
+            snapshot.remove(tmp_path, "vm")
+        assert e.value.errno == errno.EMFILE
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in fillers:
+            os.close(fd)
+    assert _fds() == before
+    snapshot.remove(tmp_path, "vm")
+    assert not (tmp_path / "vm").exists()
+
+
+def test_remove_without_o_path_or_proc(arena, monkeypatch):
+    """Where there is no O_PATH and no /proc (not Linux), an unreadable directory
+    inside is still made usable and removed, without either."""
+    path, fd = arena
+    base = path / "owned"
+    base.mkdir()
+    d = _readonly_tree(base)
+    if os.geteuid() == 0:
+        for root, dirs, files in os.walk(base):
+            for n in dirs + files + ["."]:
+                os.lchown(os.path.join(root, n), 65534, 65534)
+    monkeypatch.delattr(os, "O_PATH")
+    real_open, real_chmod = os.open, os.chmod
+
+    def no_proc(fn):
+        def call(p, *a, **k):
+            assert not os.fsdecode(p).startswith("/proc/"), p
+            return fn(p, *a, **k)
+        return call
+    monkeypatch.setattr(os, "open", no_proc(real_open))
+    monkeypatch.setattr(os, "chmod", no_proc(real_chmod))
+    as_nobody(snapshot.remove, "owned", "vm", cwd_fd=fd)
+    assert not os.path.lexists(d)

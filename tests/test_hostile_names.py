@@ -9,19 +9,6 @@ import pytest
 import snapshot
 from conftest import lstat_oracle, make_deep
 
-# Filled by the audit hook while a test watches: every os-level event Python raises.
-_EVENTS = []
-_WATCHING = [False]
-_FS_EVENTS = ("open", "os.", "shutil.")
-
-
-def _hook(event, args):
-    if _WATCHING[0] and event.startswith(_FS_EVENTS):
-        _EVENTS.append(event)
-
-
-sys.addaudithook(_hook)
-
 
 def hostile_names(tmp_path):
     return ["", ".", "..", "../victim", "../../victim", "a/b", "vm/", "/", str(tmp_path / "victim"),
@@ -50,46 +37,105 @@ def snapshot_of(tmp_path):
 
 
 CALLS = {
-    "dir_path": lambda b, n: snapshot.dir_path(b, n),
-    "rootfs_path": lambda b, n: snapshot.rootfs_path(b, n),
-    "cow_path": lambda b, n: snapshot.cow_path(b, n),
-    "meta_path": lambda b, n: snapshot.meta_path(b, n),
-    "ensure_dir": lambda b, n: snapshot.ensure_dir(b, n),
-    "remove": lambda b, n: snapshot.remove(b, n),
-    "write_meta": lambda b, n: snapshot.write_meta(b, n, snapshot.RootfsMeta("evil")),
-    "read_meta": lambda b, n: snapshot.read_meta(b, n),
-    "dir_size": lambda b, n: snapshot.dir_size(b, n),
-    "dir_sizes": lambda b, n: snapshot.dir_sizes(b, ["vm", n]),
+    "dir_path": "snapshot.dir_path(b, n)",
+    "rootfs_path": "snapshot.rootfs_path(b, n)",
+    "cow_path": "snapshot.cow_path(b, n)",
+    "meta_path": "snapshot.meta_path(b, n)",
+    "ensure_dir": "snapshot.ensure_dir(b, n)",
+    "remove": "snapshot.remove(b, n)",
+    "write_meta": "snapshot.write_meta(b, n, snapshot.RootfsMeta('evil'))",
+    "read_meta": "snapshot.read_meta(b, n)",
+    "dir_size": "snapshot.dir_size(b, n)",
+    "dir_sizes": "snapshot.dir_sizes(b, [n])",
 }
 
-
-@pytest.mark.usefixtures("walker")
-@pytest.mark.parametrize("call", sorted(CALLS))
-def test_bad_names_are_refused_before_touching_anything(tmp_path, battlefield, call):
-    before = snapshot_of(tmp_path)
-    for name in hostile_names(tmp_path):
-        _EVENTS.clear()
-        _WATCHING[0] = True
-        try:
-            with pytest.raises(ValueError):
-                CALLS[call](battlefield, name)
-        finally:
-            _WATCHING[0] = False
-        assert _EVENTS == [], (name, _EVENTS)
-    assert snapshot_of(tmp_path) == before
-
-
-def test_audit_hook_sees_filesystem_calls(tmp_path):
-    """The check above would be empty if the hook saw nothing: it does see real calls."""
-    _EVENTS.clear()
-    _WATCHING[0] = True
+# Runs in a child under strace -f: each call between two marker stats of names that do not exist.
+_CHILD = """
+import json, os, sys
+import snapshot
+from snapshot import _size, _pydu
+if sys.argv[2] == "python":
+    _size._impl = _pydu
+mark, b, names = sys.argv[1], sys.argv[3], json.loads(sys.argv[4])
+calls = json.loads(sys.argv[5])
+snapshot.ensure_dir(b, "ctl")  # the control snapshot: real calls on it are seen between their marks
+open(os.path.join(b, "ctl", "f"), "w").close()
+for label in ["ensure_dir", "write_meta", "read_meta", "dir_size", "dir_sizes", "remove"] + sorted(calls):
+    n = "warm"  # warm up: lazy imports and first-use work happen here, not between marks
     try:
-        snapshot.ensure_dir(tmp_path, "vm")
-        snapshot.write_meta(tmp_path, "vm", snapshot.RootfsMeta("x"))
-        snapshot.remove(tmp_path, "vm")
-    finally:
-        _WATCHING[0] = False
-    assert "os.mkdir" in _EVENTS and "open" in _EVENTS and "os.rename" in _EVENTS and "os.rmdir" in _EVENTS
+        eval(calls[label])
+    except OSError:
+        pass
+missed = []
+k = 0
+for label, call in sorted(calls.items()):
+    for n in names + ["ctl"]:
+        k += 1
+        try:
+            os.stat(f"{mark}-begin-{k}")
+        except OSError:
+            pass
+        try:
+            eval(call)
+            ok = n == "ctl"
+        except ValueError:
+            ok = n != "ctl"
+        except OSError:  # the control, once removed
+            ok = n == "ctl"
+        try:
+            os.stat(f"{mark}-end-{k}")
+        except OSError:
+            pass
+        if not ok:
+            missed.append([label, n])
+snapshot.remove(b, "ctl")
+print(json.dumps(missed))
+"""
+
+
+def _between_marks(log: str, mark: str) -> dict:
+    """{k: system calls made between the begin-k and end-k marks}, from strace -f output."""
+    out, current = {}, None
+    for line in log.splitlines():
+        if f'"{mark}-begin-' in line:
+            current = int(line.split(f"{mark}-begin-")[1].split('"')[0])
+            out[current] = []
+        elif f'"{mark}-end-' in line:
+            current = None
+        elif current is not None and "resumed>" not in line and "+++" not in line and "---" not in line:
+            out[current].append(line)
+    return out
+
+
+@pytest.mark.parametrize("walker_name", ["openat", "python"])
+def test_bad_names_are_refused_before_any_system_call(tmp_path, battlefield, walker_name):
+    """strace sees the compiled walker's system calls too (an audit hook sees only Python's)."""
+    import json
+    import shutil
+    import subprocess
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (Debian: strace; .ci/run installs it)")
+    before = snapshot_of(tmp_path)
+    names = hostile_names(tmp_path)
+    mark, log = str(tmp_path / "mark"), tmp_path / "strace.log"
+    r = subprocess.run([strace, "-f", "-qq", "-e", "trace=%file,%desc", "-o", str(log), sys.executable, "-c", _CHILD,
+                        mark, walker_name, str(battlefield), json.dumps(names), json.dumps(CALLS)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout) == []  # every bad name raised ValueError, every good one worked
+    seen = _between_marks(log.read_text(), mark)
+    per_call = len(names) + 1
+    assert len(seen) == len(CALLS) * per_call
+    for k, calls in seen.items():
+        label = sorted(CALLS)[(k - 1) // per_call]
+        if k % per_call == 0:  # the control call with a good name
+            if label in ("dir_size", "dir_sizes"):
+                assert any("getdents64" in c for c in calls), (label, calls)  # the compiled walk is visible
+        else:
+            assert calls == [], (label, names[(k - 1) % per_call], calls)
+    os.unlink(log)
+    assert snapshot_of(tmp_path) == before
 
 
 # ---- depth beyond PATH_MAX ------------------------------------------------------

@@ -1,8 +1,13 @@
 """rootfs.meta: Go's json.Marshal bytes on write, Go's json.Unmarshal rules on read."""
+import copy
 import json
 import os
 import pathlib
+import pickle
 import stat
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -77,15 +82,51 @@ def test_field_order_and_omitempty():
     assert RootfsMeta(base_template="x") == RootfsMeta("x", "", 0, 0)
 
 
-@pytest.mark.parametrize("meta", [
-    RootfsMeta(1), RootfsMeta("a", template_id=None), RootfsMeta("a", vcpus=True), RootfsMeta("a", vcpus=2.0),
-    RootfsMeta("a", memory_mb=1 << 63), RootfsMeta("a", memory_mb=-(1 << 63) - 1), "not a meta",
+@pytest.mark.parametrize("kwargs, error", [
+    ({"base_template": 1}, TypeError), ({"base_template": b"a"}, TypeError),
+    ({"base_template": "a", "template_id": None}, TypeError),
+    ({"base_template": "a", "vcpus": True}, TypeError), ({"base_template": "a", "vcpus": 2.0}, TypeError),
+    ({"base_template": "a", "vcpus": "2"}, TypeError),
+    ({"base_template": "a", "memory_mb": 1 << 63}, ValueError),
+    ({"base_template": "a", "memory_mb": -(1 << 63) - 1}, ValueError),
 ])
-def test_unrepresentable_meta_raises_meta_error(snap, meta):
-    with pytest.raises(MetaError) as e:
+def test_rootfs_meta_is_checked_when_made(kwargs, error):
+    with pytest.raises(error):
+        RootfsMeta(**kwargs)
+
+
+def test_rootfs_meta_is_frozen_and_hashable():
+    m = RootfsMeta("ubuntu", "t1", 2, 2048)
+    with pytest.raises(AttributeError):
+        m.vcpus = 4
+    with pytest.raises(AttributeError):
+        del m.vcpus
+    assert m.vcpus == 2
+    assert {m: 1}[RootfsMeta("ubuntu", "t1", 2, 2048)] == 1
+    assert len({m, RootfsMeta("ubuntu", "t1", 2, 2048), RootfsMeta("ubuntu")}) == 2
+    assert m != ("ubuntu", "t1", 2, 2048) and m != RootfsMeta("ubuntu", "t1", 2, 2049)
+    assert copy.copy(m) == m and pickle.loads(pickle.dumps(m)) == m
+    assert repr(m) == "RootfsMeta(base_template='ubuntu', template_id='t1', vcpus=2, memory_mb=2048)"
+
+
+def test_rootfs_meta_keeps_plain_values_of_subclasses():
+    class Lying(str):
+        def __str__(self):
+            return "lie"
+
+    class Big(int):
+        pass
+
+    m = RootfsMeta(Lying("real"), vcpus=Big(3))
+    assert type(m.base_template) is str and m.base_template == "real"
+    assert type(m.vcpus) is int and m.vcpus == 3
+
+
+@pytest.mark.parametrize("meta", ["not a meta", None, {"base_template": "a"}])
+def test_write_meta_of_a_wrong_type_is_a_type_error(snap, meta):
+    """A caller's mistake, not a corrupt file: no MetaError naming the path."""
+    with pytest.raises(TypeError):
         write_meta(snap, "vm", meta)
-    assert e.value.filename == snapshot.meta_path(snap, "vm")
-    assert not os.path.exists(snapshot.meta_path(snap, "vm"))
     assert os.listdir(snapshot.dir_path(snap, "vm")) == []
 
 
@@ -95,19 +136,39 @@ def test_int64_limits_round_trip(snap):
     assert read_meta(snap, "vm") == m
 
 
-def test_write_mode_is_0644_before_umask(snap):
+def test_write_mode_is_0644_before_umask_and_kept_on_rewrite(snap):
     old = os.umask(0)
     try:
         write_meta(snap, "vm", RootfsMeta("a"))
     finally:
         os.umask(old)
-    assert stat.S_IMODE(os.stat(snapshot.meta_path(snap, "vm")).st_mode) == 0o644
-    old = os.umask(0o077)
+    path = snapshot.meta_path(snap, "vm")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    os.chmod(path, 0o600)
+    old = os.umask(0)
     try:
-        write_meta(snap, "vm", RootfsMeta("b"))
+        write_meta(snap, "vm", RootfsMeta("b"))  # Go's os.WriteFile keeps an existing file's mode
     finally:
         os.umask(old)
-    assert stat.S_IMODE(os.stat(snapshot.meta_path(snap, "vm")).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    os.unlink(path)
+    old = os.umask(0o077)
+    try:
+        write_meta(snap, "vm", RootfsMeta("c"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_write_replaces_a_symlink_never_follows_it(snap, tmp_path):
+    """Go's os.WriteFile would write through the link; we replace it with a regular file."""
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"keep")
+    os.symlink(target, snapshot.meta_path(snap, "vm"))
+    write_meta(snap, "vm", RootfsMeta("new"))
+    assert target.read_bytes() == b"keep"
+    assert not os.path.islink(snapshot.meta_path(snap, "vm"))
+    assert read_meta(snap, "vm") == RootfsMeta("new")
 
 
 def test_write_replaces_and_leaves_no_temp_file(snap):
@@ -219,3 +280,98 @@ def test_deep_nesting_is_not_a_recursion_error():
         decode_meta(b"[" * 200000)
     with pytest.raises(MetaError):
         decode_meta(b'{"x":' + b"{\"a\":" * 200000)
+
+
+# ---- reading never hangs and never reads without bound ----------------------------
+
+def _in_child(code: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run *code* in a fresh interpreter: a call that hangs fails the test, not the suite."""
+    try:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung for {timeout} s")
+
+
+def test_fifo_meta_does_not_hang(snap):
+    os.mkfifo(snapshot.meta_path(snap, "vm"))
+    r = _in_child(f"""
+        import snapshot
+        try:
+            snapshot.read_meta({str(snap)!r}, "vm")
+        except snapshot.MetaError as e:
+            print("MetaError", e.reason)
+    """, timeout=10)
+    assert r.stdout == "MetaError is a FIFO, not a regular file\n", r.stderr
+
+
+def test_symlink_to_a_zero_device_is_refused_not_read(snap, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mknod a character device")
+    zero = tmp_path / "zero"
+    os.mknod(zero, stat.S_IFCHR | 0o666, os.makedev(1, 5))  # /dev/zero's numbers, inside tmp_path
+    os.symlink(zero, snapshot.meta_path(snap, "vm"))
+    r = _in_child(f"""
+        import resource, snapshot
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))  # 2 GiB: reading /dev/zero would exhaust it
+        try:
+            snapshot.read_meta({str(snap)!r}, "vm")
+        except snapshot.MetaError as e:
+            print("MetaError", e.reason)
+    """)
+    assert r.stdout == "MetaError is a symbolic link, not a regular file\n", r.stderr[-500:]
+    os.unlink(snapshot.meta_path(snap, "vm"))
+    os.mknod(snapshot.meta_path(snap, "vm"), stat.S_IFCHR | 0o666, os.makedev(1, 5))
+    with pytest.raises(MetaError, match="is a character device, not a regular file"):
+        read_meta(snap, "vm")
+
+
+def test_a_meta_over_one_mib_is_a_meta_error_naming_its_size(snap):
+    raw_write(snap, b'{"base_template":"a"}' + b" " * (1 << 20))
+    with pytest.raises(MetaError) as e:
+        read_meta(snap, "vm")
+    assert str((1 << 20) + 21) in e.value.reason and e.value.filename == snapshot.meta_path(snap, "vm")
+    raw_write(snap, b'{"base_template":"a"}'.ljust(1 << 20))  # exactly the limit is fine
+    assert read_meta(snap, "vm") == RootfsMeta("a")
+
+
+@pytest.mark.parametrize("digits", [20, 4300, 4301, 100000])
+def test_huge_integers_are_meta_errors_as_in_go(snap, digits):
+    raw_write(snap, b'{"vcpus":' + b"7" * digits + b"}")
+    with pytest.raises(MetaError) as e:
+        read_meta(snap, "vm")
+    assert "cannot unmarshal number" in e.value.reason and len(e.value.reason) < 200
+    raw_write(snap, b'{"x":' + b"7" * digits + b',"vcpus":1}')  # unknown keys are only validated
+    assert read_meta(snap, "vm") == RootfsMeta("", vcpus=1)
+
+
+def test_meta_error_survives_pickle_and_copy(snap):
+    raw_write(snap, b'{"vcpus":"2"}')
+    with pytest.raises(MetaError) as e:
+        read_meta(snap, "vm")
+    for clone in (pickle.loads(pickle.dumps(e.value)), copy.copy(e.value), copy.deepcopy(e.value)):
+        assert type(clone) is MetaError
+        assert (clone.filename, clone.reason, str(clone)) == (e.value.filename, e.value.reason, str(e.value))
+    bare = MetaError(None, "why")
+    assert (pickle.loads(pickle.dumps(bare)).filename, pickle.loads(pickle.dumps(bare)).reason) == (None, "why")
+
+
+def test_meta_error_crosses_a_process_pool(snap):
+    import concurrent.futures
+    raw_write(snap, b"{")
+    with concurrent.futures.ProcessPoolExecutor(1) as pool:
+        with pytest.raises(MetaError) as e:
+            pool.submit(read_meta, str(snap), "vm").result()
+    assert e.value.filename == snapshot.meta_path(snap, "vm") and e.value.reason == "unexpected end of JSON input"
+
+
+def test_bytes_base_dir_everywhere(snap):
+    base = os.fsencode(snap)
+    assert snapshot.dir_path(base, "vm") == os.fsencode(snapshot.dir_path(snap, "vm"))
+    assert snapshot.meta_path(base, "vm") == os.fsencode(snapshot.meta_path(snap, "vm"))
+    assert snapshot.ensure_dir(base, "vm2") == os.path.join(base, b"vm2")
+    write_meta(base, "vm2", RootfsMeta("b"))
+    assert read_meta(base, "vm2") == RootfsMeta("b")
+    snapshot.remove(base, "vm2")
+    assert not os.path.exists(os.path.join(snap, "vm2"))
+    assert snapshot.dir_sizes(base) == snapshot.dir_sizes(snap) == {"vm": 0}

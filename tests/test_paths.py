@@ -43,3 +43,56 @@ def test_non_str_name_is_a_type_error():
         snapshot.dir_path("/b", b"vm1")
     with pytest.raises(TypeError):
         snapshot.dir_path("/b", None)
+
+
+class Lying(str):
+    """A str whose Python-level methods lie about what it holds."""
+
+    def __eq__(self, other):
+        return False
+
+    def __ne__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+    def __contains__(self, item):
+        return False
+
+    def __len__(self):
+        return 3
+
+    def __bool__(self):
+        return True
+
+    def encode(self, *args, **kwargs):
+        return b"safe"
+
+    def __str__(self):
+        return "safe"
+
+
+@pytest.mark.parametrize("value", ["..", ".", "", "a/b", "x\0y"])
+@pytest.mark.parametrize("fn", [snapshot.dir_path, snapshot.rootfs_path, snapshot.cow_path, snapshot.meta_path])
+def test_a_lying_str_subclass_cannot_pass_a_bad_name(fn, value):
+    with pytest.raises(ValueError):
+        fn("/b", Lying(value))
+
+
+def test_a_good_name_in_a_str_subclass_is_used_as_its_real_text():
+    assert snapshot.dir_path("/b", Lying("vm1")) == "/b/vm1"
+    assert type(snapshot.dir_path("/b", Lying("vm1"))) is str
+
+
+@pytest.mark.parametrize("base", [b"/srv/snaps", b"/srv/snaps/", pathlib.PurePosixPath("/srv/snaps")])
+def test_bytes_base_gives_bytes_paths(base):
+    expected = b"/srv/snaps/vm1" if isinstance(base, bytes) else "/srv/snaps/vm1"
+    assert snapshot.dir_path(base, "vm1") == expected
+    suffix = b"/rootfs.meta" if isinstance(base, bytes) else "/rootfs.meta"
+    assert snapshot.meta_path(base, "vm1") == expected + suffix
+    assert snapshot.dir_path(b"", "vm\udcff") == b"vm\xff"
+
+
+def test_a_name_that_cannot_be_a_file_name_is_a_value_error():
+    with pytest.raises(ValueError):
+        snapshot.dir_path("/b", "\ud800")  # a surrogate that is no undecodable byte

@@ -128,7 +128,7 @@ CALLS = {
     "a batch of 240,000 tiny snapshots": lambda tree, big: snapshot.dir_sizes(
         tree[0], ["empty"] * 240_000, workers=2),
     # A failed name before the interrupt must not turn it into a SystemError.
-    "after a failed snapshot": lambda tree, big: _size.usages(tree[0], ["missing"] + [tree[1]] * 20, workers=1),
+    "after a failed snapshot": lambda tree, big: _size.snapshot_walks(tree[0], ["missing"] + [tree[1]] * 20, workers=1),
 }
 
 

@@ -128,3 +128,23 @@ def test_files_with_more_extents_than_one_fiemap_call(xfs):
     assert u.allocated == u.shared + u.exclusive and 0 <= u.exclusive <= 4 * 4096
     both = snapshot.usage(xfs, shared_extents=True)
     assert both.shared == 2 * 400 * 4096 and both.shared_physical == 400 * 4096
+
+
+def test_pure_python_walker_without_o_path_or_proc(xfs, monkeypatch):
+    """Where there is no O_PATH and no /proc (not Linux), the pure-Python walker opens the
+    file itself and checks it after: the same figures, and nothing opened under /proc."""
+    from snapshot import _pydu, _size
+    monkeypatch.setattr(_size, "_impl", _pydu)
+    (xfs / "tpl").mkdir()
+    write_random(xfs / "tpl" / "rootfs.ext4", 4 * MiB)
+    reflink(xfs / "tpl" / "rootfs.ext4", xfs / "tpl" / "copy.ext4")
+    expected = snapshot.usage(xfs / "tpl", shared_extents=True)
+    monkeypatch.delattr(os, "O_PATH")
+    real_open = os.open
+
+    def no_proc(path, *args, **kwargs):
+        assert not os.fsdecode(path).startswith("/proc/"), path
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", no_proc)
+    got = snapshot.usage(xfs / "tpl", shared_extents=True)
+    assert got == expected and got.shared == 8 * MiB

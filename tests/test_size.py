@@ -182,7 +182,7 @@ def test_bad_names_raise_before_touching_anything(tmp_path, name):
     with pytest.raises(ValueError):
         snapshot.dir_size(tmp_path, name)
     with pytest.raises(ValueError):
-        snapshot.dir_sizes(tmp_path, ["ok", name])
+        snapshot.dir_sizes(tmp_path, [name])
 
 
 def test_nul_in_base_dir(tmp_path):
@@ -232,9 +232,46 @@ def test_dir_sizes_first_error_in_order_wins(tmp_path):
 def test_dir_sizes_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError):
         snapshot.dir_sizes(tmp_path / "no-base")
-    for bad in (0, -1, 1.5, True):
+    for bad in (0, -1):
         with pytest.raises(ValueError):
             snapshot.dir_sizes(tmp_path, [], workers=bad)
+        with pytest.raises(ValueError):
+            snapshot.usage(tmp_path, workers=bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, 2.0, True, False, "2", b"2", [2]])
+def test_workers_that_are_not_ints_are_type_errors(tmp_path, bad):
+    with pytest.raises(TypeError):
+        snapshot.dir_sizes(tmp_path, [], workers=bad)
+    with pytest.raises(TypeError):
+        snapshot.usage(tmp_path, workers=bad)
+
+
+@pytest.mark.parametrize("names", ["vm1", b"vm1", bytearray(b"vm1")])
+def test_names_given_as_one_string_are_a_type_error(tmp_path, names):
+    for c in "vm1":
+        (tmp_path / c).mkdir()
+    with pytest.raises(TypeError):
+        snapshot.dir_sizes(tmp_path, names)
+
+
+def test_dir_sizes_fails_as_a_loop_of_dir_size_would(tmp_path):
+    """The first failing name raises its own error: a walk error before a bad name wins."""
+    make_fleet(tmp_path, 3)
+    with pytest.raises(FileNotFoundError):
+        snapshot.dir_sizes(tmp_path, ["vm000", "missing", ".."])
+    with pytest.raises(ValueError):
+        snapshot.dir_sizes(tmp_path, ["vm000", "..", "missing"])
+    with pytest.raises(TypeError):
+        snapshot.dir_sizes(tmp_path, ["vm000", None, "missing"])
+    assert snapshot.dir_sizes(tmp_path, ["vm001"]) == {"vm001": snapshot.dir_size(tmp_path, "vm001")}
+
+
+def test_bytes_and_pathlike_base_dirs_agree(tmp_path):
+    names = make_fleet(tmp_path, 4)
+    expected = {n: snapshot.dir_size(str(tmp_path), n) for n in names}
+    assert snapshot.dir_sizes(os.fsencode(tmp_path)) == snapshot.dir_sizes(tmp_path) == expected
+    assert snapshot.dir_size(os.fsencode(tmp_path), names[1]) == expected[names[1]]
 
 
 @pytest.mark.usefixtures("walker")

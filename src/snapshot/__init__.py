@@ -10,10 +10,11 @@ from ._paths import (CH_CONFIG_FILE, CH_MEM_RANGES_FILE, CH_STATE_FILE, ROOTFS_C
                      ROOTFS_FILE_NAME, ROOTFS_META_NAME, cow_path, dir_path, meta_path,
                      rootfs_path)
 from ._size import BACKEND, Usage, dir_size, dir_sizes, usage
+from ._version import __version__
 
 __all__ = [
     "BACKEND", "CH_CONFIG_FILE", "CH_MEM_RANGES_FILE", "CH_STATE_FILE", "MetaError",
     "ROOTFS_COW_NAME", "ROOTFS_FILE_NAME", "ROOTFS_META_NAME", "RootfsMeta", "Usage",
     "cow_path", "dir_path", "dir_size", "dir_sizes", "ensure_dir", "meta_path", "read_meta",
-    "remove", "rootfs_path", "usage", "write_meta",
+    "remove", "rootfs_path", "usage", "write_meta", "__version__",
 ]

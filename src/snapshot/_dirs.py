@@ -20,12 +20,17 @@ _NOT_DIR = (errno.ENOTDIR, errno.ELOOP)  # replaced by a file or a symlink meanw
 _DENIED = (errno.EACCES, errno.EPERM)
 
 
-def ensure_dir(base_dir: StrPath, name: str) -> str:
+def ensure_dir(base_dir: StrPath, name: str):
+    """Create base_dir/name and any missing parent, like Go's os.MkdirAll(path, 0755):
+    mode 0755 (before the umask) for every directory it makes.  An existing
+    directory is fine; FileExistsError if a file is in the way.  Returns the path
+    (str, or bytes for a bytes base_dir).  A relative base_dir is relative to the
+    working directory, and base_dir "" means the snapshot is made there."""
     path = dir_path(base_dir, name)
     # Not os.makedirs: it creates missing parents 0777; Go's MkdirAll gives them the same 0755.
     missing = []
     p = path
-    while not os.path.isdir(p):
+    while p and not os.path.isdir(p):  # "" is the working directory: it exists
         missing.append(p)
         parent = os.path.dirname(p)
         if parent == p:
@@ -41,6 +46,11 @@ def ensure_dir(base_dir: StrPath, name: str) -> str:
 
 
 def remove(base_dir: StrPath, name: str) -> None:
+    """Remove base_dir/name and everything below it, like Go's os.RemoveAll: a
+    missing snapshot is no error; a symlink is removed, never followed (not at
+    the top, not anywhere inside, however the tree changes meanwhile).
+    Directories inside that the owner cannot read or write are made so first.
+    Raises OSError subclasses naming the path that could not be removed."""
     path = dir_path(base_dir, name)
     try:
         st = os.lstat(path)
@@ -58,7 +68,7 @@ def remove(base_dir: StrPath, name: str) -> None:
             _remove_entry(os.unlink, path, None)
             return
         raise
-    tree = DirFds(os.fsencode(path), top, fd_budget(1))
+    tree = DirFds(os.fsencode(path), top, fd_budget(1))  # owns top: close() closes it
     try:
         _remove_contents(tree)
     finally:
@@ -107,17 +117,33 @@ def _open_subdir(tree: DirFds, node: DirNode) -> bool:
                 return False
             if e.errno not in _DENIED or attempt == 2:
                 raise
-        # Unreadable directory: chmod it through an O_PATH descriptor, which
-        # cannot follow a symlink swapped in meanwhile, then try again.
+        if not _make_dir_usable(node.name, parent):
+            return False
+    return False  # not reached
+
+
+def _make_dir_usable(name: bytes, parent: int) -> bool:
+    """Give the owner rwx on the unreadable directory parent/name without following a
+    symlink swapped in meanwhile; False if it is gone."""
+    o_path = getattr(os, "O_PATH", 0)
+    if not o_path:  # not Linux: no O_PATH and no /proc, but fchmodat can refuse symlinks there
         try:
-            pfd = os.open(node.name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            st = os.lstat(name, dir_fd=parent)
+            if stat.S_ISDIR(st.st_mode):
+                os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_IRWXU, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        try:
-            os.chmod(f"/proc/self/fd/{pfd}", stat.S_IMODE(os.fstat(pfd).st_mode) | stat.S_IRWXU)
-        finally:
-            os.close(pfd)
-    return False  # not reached
+        return True
+    # An O_PATH descriptor names that very directory; chmod it through /proc/self/fd.
+    try:
+        pfd = os.open(name, o_path | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except FileNotFoundError:
+        return False
+    try:
+        os.chmod(f"/proc/self/fd/{pfd}", stat.S_IMODE(os.fstat(pfd).st_mode) | stat.S_IRWXU)
+    finally:
+        os.close(pfd)
+    return True
 
 
 def _remove_contents(tree: DirFds) -> None:

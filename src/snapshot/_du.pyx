@@ -21,20 +21,26 @@ an int.  No Python object is made per entry.  Errors leave the loop as (errno,
 path) and become exceptions in one place, ``_errors.os_error``, once the GIL is
 held again.  Only the calling thread looks at signals; a thread that waits for
 others waits with a timeout and looks too.
+
+For the fleet report, a batch with SNAPSHOT_FILES also notes, from each root
+directory's entries (already stat'ed), the allocated size of memory-ranges,
+rootfs.cow and rootfs.ext4, and reads rootfs.meta by _meta.read_raw's rules
+(O_NOFOLLOW|O_NONBLOCK, a regular file, at most META_READ_MAX bytes): the
+report then makes no system call of its own per snapshot.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from libc.errno cimport errno, ENOENT, ENOMEM, ENOTDIR, ENOTTY, EOPNOTSUPP, EINVAL, ELOOP, EMFILE, ENFILE, EAGAIN
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc, calloc, qsort
-from libc.string cimport memchr, memcpy, strdup, strlen
-from posix.stat cimport struct_stat, fstat, S_ISDIR, S_ISREG
-from posix.unistd cimport close
+from libc.string cimport memchr, memcpy, strcmp, strdup, strlen
+from posix.stat cimport struct_stat, fstat, S_ISDIR, S_ISREG, S_IFDIR, S_IFLNK
+from posix.unistd cimport close, read
 
 import os
 
 from snapshot._errors import os_error
-from snapshot._paths import check_name
-from snapshot._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, UNIQUE_INODES
+from snapshot._paths import CH_MEM_RANGES_FILE, ROOTFS_COW_NAME, ROOTFS_FILE_NAME, ROOTFS_META_NAME, name_bytes
+from snapshot._walkflags import META_READ_MAX, ONE_FILE_SYSTEM, SHARED_EXTENTS, SNAPSHOT_FILES, UNIQUE_INODES
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals()
@@ -177,6 +183,19 @@ cdef extern from *:
 cdef int F_UNIQUE = UNIQUE_INODES
 cdef int F_ONE_FS = ONE_FILE_SYSTEM
 cdef int F_SHARED = SHARED_EXTENTS
+cdef int F_SNAPSHOT = SNAPSHOT_FILES
+cdef int64_t META_MAX = META_READ_MAX
+# The snapshot files whose allocated size a SNAPSHOT_FILES walk reports (Totals.named),
+# and the metadata file it reads; bytes kept alive by the module.
+cdef bytes _NAMED_0 = CH_MEM_RANGES_FILE.encode()
+cdef bytes _NAMED_1 = ROOTFS_COW_NAME.encode()
+cdef bytes _NAMED_2 = ROOTFS_FILE_NAME.encode()
+cdef bytes _META_NAME = ROOTFS_META_NAME.encode()
+cdef const char *NAMED[3]
+NAMED[0] = _NAMED_0
+NAMED[1] = _NAMED_1
+NAMED[2] = _NAMED_2
+cdef const char *META_NAME = _META_NAME
 
 cdef enum:
     # How many entries between two looks at pending signals (Ctrl-C): well under a ms of walking.
@@ -193,6 +212,11 @@ cdef enum:
     # file_shared's besides 0 and an errno.
     CHANGED = -4      # not the file that was counted any more: skip it
     UNMAPPED = -5     # under another process's lease: its extents cannot be read now
+    # Totals.meta_state
+    META_ABSENT = 0
+    META_READ = 1
+    META_REFUSED = 2
+    META_FAILED = 3
 
 cdef int DIR_FLAGS = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY
 
@@ -344,6 +368,14 @@ cdef struct Totals:
     uint64_t files
     uint64_t dirs
     uint64_t unmapped  # regular files whose extents could not be read (a lease)
+    # SNAPSHOT_FILES walks only, from the root directory's entries:
+    int64_t named[3]   # allocated bytes of memory-ranges, rootfs.cow, rootfs.ext4; -1 if absent
+    int meta_state     # rootfs.meta: META_ABSENT, META_READ, META_REFUSED or META_FAILED
+    int meta_err       # META_FAILED: the errno
+    uint32_t meta_mode # META_REFUSED: its st_mode and st_size (not a regular file, or too big)
+    int64_t meta_size
+    char *meta_buf     # META_READ: its bytes (malloc'd; whoever holds the Totals frees it)
+    size_t meta_len
 
 cdef struct Failure:
     int err
@@ -353,6 +385,13 @@ cdef inline void _zero(Totals *t) noexcept nogil:
     t.blocks.lo = t.blocks.hi = t.apparent.lo = t.apparent.hi = 0
     t.shared.lo = t.shared.hi = t.shared_phys.lo = t.shared_phys.hi = 0
     t.files = t.dirs = t.unmapped = 0
+    t.named[0] = t.named[1] = t.named[2] = -1
+    t.meta_state = META_ABSENT
+    t.meta_err = 0
+    t.meta_mode = 0
+    t.meta_size = 0
+    t.meta_buf = NULL  # a previous walk's buffer belongs to whoever copied its Totals
+    t.meta_len = 0
 
 cdef inline void _merge(Totals *t, Totals *u) noexcept nogil:
     merge128(&t.blocks, u.blocks)
@@ -814,6 +853,93 @@ cdef int count_entry(Part *p, int dirfd, const char *name, const struct_stat *st
     return 0
 
 
+cdef inline void meta_refused(Totals *t, uint32_t mode, int64_t size) noexcept nogil:
+    t.meta_state = META_REFUSED
+    t.meta_mode = mode
+    t.meta_size = size
+
+
+cdef int snapshot_file(Part *p, int dirfd, const char *name, const struct_stat *st) noexcept nogil:
+    """A SNAPSHOT_FILES walk, an entry of the root: note the allocated size of the
+    snapshot's big files and read rootfs.meta, so the fleet report needs no call of
+    its own per snapshot.  0, or ENOMEM."""
+    cdef int i
+    for i in range(3):
+        if strcmp(name, NAMED[i]) == 0:
+            if not S_ISDIR(st.st_mode):
+                p.t.named[i] = <int64_t>st.st_blocks * 512
+            return 0
+    if strcmp(name, META_NAME) != 0:
+        return 0
+    if not S_ISREG(st.st_mode) or st.st_size > META_MAX:
+        meta_refused(&p.t, st.st_mode, st.st_size)
+        return 0
+    return read_meta_file(&p.t, dirfd, name)
+
+
+cdef int read_meta_file(Totals *t, int dirfd, const char *name) noexcept nogil:
+    """Read dirfd/name as _meta.read_meta does: never following a symlink, never
+    blocking, only a regular file, at most META_MAX bytes.  0, or ENOMEM."""
+    cdef int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+    cdef struct_stat st
+    cdef size_t cap, n = 0
+    cdef long got
+    cdef char *buf
+    cdef char *grown
+    if fd < 0:
+        if errno == ELOOP:  # replaced by a symlink since it was stat'ed
+            meta_refused(t, S_IFLNK, 0)
+        elif errno != ENOENT and errno != ENOTDIR:
+            t.meta_state = META_FAILED
+            t.meta_err = errno
+        return 0
+    if fstat(fd, &st) != 0:
+        t.meta_state = META_FAILED
+        t.meta_err = errno
+        close(fd)
+        return 0
+    if not S_ISREG(st.st_mode) or st.st_size > META_MAX:
+        meta_refused(t, st.st_mode, st.st_size)
+        close(fd)
+        return 0
+    cap = <size_t>st.st_size + 1  # one byte more than its size: a file that does not change is read at once
+    buf = <char *>malloc(cap)
+    if buf == NULL:
+        close(fd)
+        return ENOMEM
+    while True:
+        got = read(fd, buf + n, cap - n)
+        if got < 0:
+            t.meta_state = META_FAILED
+            t.meta_err = errno
+            free(buf)
+            close(fd)
+            return 0
+        if got == 0:
+            break
+        n += <size_t>got
+        if n < cap and <int64_t>n == st.st_size:
+            break  # all of it, as fstat said: a short read of a regular file is its end
+        if <int64_t>n > META_MAX:  # it grew while we read
+            meta_refused(t, st.st_mode, <int64_t>n)
+            free(buf)
+            close(fd)
+            return 0
+        if n == cap:
+            cap = min(cap * 2, <size_t>META_MAX + 1)
+            grown = <char *>realloc(buf, cap)
+            if grown == NULL:
+                free(buf)
+                close(fd)
+                return ENOMEM
+            buf = grown
+    close(fd)
+    t.meta_state = META_READ
+    t.meta_buf = buf
+    t.meta_len = n
+    return 0
+
+
 cdef int push_kids(Part *p, Node *parent, size_t nkids) noexcept nogil:
     """Hand the children found in one chunk to the walk.  Lock not held."""
     cdef Walk *w = p.w
@@ -870,6 +996,7 @@ cdef void read_dir(Part *p, Node *n) noexcept nogil:
     cdef struct_stat st
     cdef size_t nkids
     cdef int e = 0, one_fs = w.flags & F_ONE_FS
+    cdef int snapshot_files = (w.flags & F_SNAPSHOT) and n.parent == NULL
     while True:
         # Every chunk counts too, so that walks of empty directories (a batch of
         # tiny snapshots) still look at signals.
@@ -902,6 +1029,8 @@ cdef void read_dir(Part *p, Node *n) noexcept nogil:
                 break
             dtype = snap_type(ent)
             if dtype == DT_DIR and not one_fs:
+                if snapshot_files and strcmp(name, META_NAME) == 0:
+                    meta_refused(&p.t, S_IFDIR, 0)
                 e = add_kid(p, n, name, &nkids)
                 if e:
                     break
@@ -912,6 +1041,10 @@ cdef void read_dir(Part *p, Node *n) noexcept nogil:
                     e = 0
                     continue  # vanished meanwhile
                 break
+            if snapshot_files:
+                e = snapshot_file(p, n.fd, name, &st)
+                if e:
+                    break
             if S_ISDIR(st.st_mode):
                 if one_fs and <uint64_t>st.st_dev != w.root_dev:
                     continue  # another filesystem: not entered, not counted
@@ -1274,6 +1407,21 @@ cdef tuple _as_tuple(Totals *t):
             sum_to_int(t.shared, 1), sum_to_int(t.shared_phys, 1), t.unmapped)
 
 
+cdef tuple _report_extra(Totals *t):
+    """A SNAPSHOT_FILES walk's four more items: the allocated bytes of memory-ranges,
+    rootfs.cow and rootfs.ext4 (None if absent), then rootfs.meta as None (absent),
+    its bytes, or (errno, st_mode, st_size): a failure (errno) or a refusal (0)."""
+    cdef object meta = None
+    if t.meta_state == META_READ:
+        meta = PyBytes_FromStringAndSize(t.meta_buf, t.meta_len)
+    elif t.meta_state == META_REFUSED:
+        meta = (0, t.meta_mode, t.meta_size)
+    elif t.meta_state == META_FAILED:
+        meta = (t.meta_err, 0, 0)
+    return (None if t.named[0] < 0 else t.named[0], None if t.named[1] < 0 else t.named[1],
+            None if t.named[2] < 0 else t.named[2], meta)
+
+
 cdef inline bytes _fs_bytes(object p):
     if type(p) is str:
         return PyUnicode_EncodeFSDefault(p)
@@ -1290,14 +1438,21 @@ def encode_path(base_dir, name):
     cdef Py_ssize_t nl, bl
     cdef int sep
     if type(name) is not str:
-        check_name(name)  # raises TypeError
-    n = PyUnicode_EncodeFSDefault(name)
+        n = name_bytes(name)  # the one check, on the exact bytes of a subclass; raises TypeError for non-str
+    else:
+        try:
+            n = PyUnicode_EncodeFSDefault(name)
+        except UnicodeEncodeError:
+            n = name_bytes(name)  # raises ValueError with the message
+        np = PyBytes_AS_STRING(n)
+        nl = PyBytes_GET_SIZE(n)
+        # _paths.name_bytes's rule, on the same bytes; name_bytes raises with the message.
+        if (nl == 0 or (np[0] == b'.' and (nl == 1 or (nl == 2 and np[1] == b'.')))
+                or memchr(np, b'/', nl) != NULL or memchr(np, 0, nl) != NULL):
+            name_bytes(name)
+            raise ValueError(f"invalid snapshot name {name!r}")  # not reached: the rule is the same
     np = PyBytes_AS_STRING(n)
     nl = PyBytes_GET_SIZE(n)
-    # The rule of _paths.check_name, on the encoded bytes; it raises with the message.
-    if (nl == 0 or (np[0] == b'.' and (nl == 1 or (nl == 2 and np[1] == b'.')))
-            or memchr(np, b'/', nl) != NULL or memchr(np, 0, nl) != NULL):
-        check_name(name)
     b = _fs_bytes(base_dir)
     bp = PyBytes_AS_STRING(b)
     bl = PyBytes_GET_SIZE(b)
@@ -1368,6 +1523,7 @@ def walk(bytes path, int flags, int workers=1):
     cdef Part one
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    flags &= ~F_SNAPSHOT  # only batches (walk_many) report snapshot files
     workers = min(workers, thread_cap())
     if workers == 1:
         _walk_here(path, flags, &one)
@@ -1439,6 +1595,8 @@ cdef struct Batch:
 cdef struct BatchPart:
     Batch *b
     Part part
+    RangeList all         # SNAPSHOT_FILES with SHARED_EXTENTS: every walk's shared ranges, for one union
+    int nomem
 
 
 cdef void _work(BatchPart *bp) noexcept nogil:
@@ -1452,6 +1610,9 @@ cdef void _work(BatchPart *bp) noexcept nogil:
             return
         rc = _walk(b.paths[i], b.flags, p, &b.failures[i], &b.cancel, b.budget)
         b.totals[i] = p.t
+        if rc == 0 and (b.flags & F_SNAPSHOT) and (b.flags & F_SHARED):
+            if range_extend(&bp.all, &p.ranges) != 0:
+                bp.nomem = 1
         b.codes[i] = rc
         if rc == INTERRUPTED:
             snap_set(&b.cancel)
@@ -1472,6 +1633,10 @@ def walk_many(list paths, int flags, int workers, bint stop_on_error):
     Returns a list with, per path, the tuple ``walk`` would return or the
     OSError it would raise.  With *stop_on_error*, names after the first
     failing one may be left out (None).  KeyboardInterrupt stops all threads.
+
+    With SNAPSHOT_FILES in *flags* (the fleet report), each tuple has four more
+    items, from the root directory's entries (see _report_extra), and the result
+    is (list, shared_physical of all the walks together).
     """
     cdef Py_ssize_t n = len(paths), i
     cdef Batch b
@@ -1481,6 +1646,10 @@ def walk_many(list paths, int flags, int workers, bint stop_on_error):
     cdef Crew crew
     cdef int started = 0, k, ready = 0, interrupted = 0
     cdef list out
+    cdef RangeList every
+    cdef Totals together
+    every.items = NULL
+    every.n = every.cap = 0
     for p in paths:
         _c_path(p)
     if workers < 1:
@@ -1507,6 +1676,9 @@ def walk_many(list paths, int flags, int workers, bint stop_on_error):
             ready = k + 1
             if part_init(&bparts[k].part, flags) != 0:
                 raise MemoryError()
+            bparts[k].all.items = NULL
+            bparts[k].all.n = bparts[k].all.cap = 0
+            bparts[k].nomem = 0
             bparts[k].b = &b
             args[k].arg = &bparts[k]
         for i in range(n):
@@ -1531,17 +1703,31 @@ def walk_many(list paths, int flags, int workers, bint stop_on_error):
             rc = b.codes[i]
             if rc == 0:
                 out[i] = _as_tuple(&b.totals[i])
+                if flags & F_SNAPSHOT:
+                    out[i] += _report_extra(&b.totals[i])
             elif rc > 0:
                 if b.failures[i].path != NULL:
                     out[i] = os_error(rc, <bytes>b.failures[i].path)
                 else:
                     out[i] = os_error(rc, paths[i])
-        return out
+        if not flags & F_SNAPSHOT:
+            return out
+        _zero(&together)
+        for k in range(ready):
+            if bparts[k].nomem or range_extend(&every, &bparts[k].all) != 0:
+                raise MemoryError()
+        range_union(&every, &together.shared_phys)
+        return out, sum_to_int(together.shared_phys, 1)
     finally:
         if b.failures:
             for i in range(n):
                 free(b.failures[i].path)
+        if b.totals:
+            for i in range(n):
+                free(b.totals[i].meta_buf)
+        free(every.items)
         for k in range(ready):
+            free(bparts[k].all.items)
             part_free(&bparts[k].part)
         free(b.paths)
         free(b.totals)

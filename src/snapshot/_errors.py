@@ -10,12 +10,19 @@ import os
 
 
 class MetaError(ValueError):
-    """A rootfs.meta file (or a RootfsMeta value) that Go could not read or write."""
+    """A rootfs.meta file that Go could not read, or a value it could not write.
+
+    ``filename`` is the file's path (None when there is no file), ``reason`` what is wrong."""
 
     def __init__(self, filename, reason: str) -> None:
         self.filename = filename
         self.reason = reason
         super().__init__(f"{filename}: {reason}" if filename is not None else reason)
+
+    def __reduce__(self):
+        # BaseException pickles self.args (the message alone); rebuild from both fields,
+        # so that process pools and copy() keep filename and reason.
+        return (type(self), (self.filename, self.reason), self.__dict__)
 
 
 def os_error(errno: int, path) -> OSError:

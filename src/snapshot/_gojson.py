@@ -15,7 +15,7 @@ from __future__ import annotations
 import codecs
 import re
 
-__all__ = ["GoJSONError", "encode_string", "decode_object", "INT64_MIN", "INT64_MAX"]
+__all__ = ["GO_UTF8", "GoJSONError", "GoStruct", "encode_string", "decode_object", "INT64_MIN", "INT64_MAX"]
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -58,7 +58,8 @@ def _go_replace(err: UnicodeDecodeError):
     return "\ufffd", err.start + 1
 
 
-codecs.register_error("snapshot-go-utf8", _go_replace)  # type: ignore[arg-type]
+GO_UTF8 = "snapshot-go-utf8"  # the error handler name: bytes.decode("utf-8", GO_UTF8) decodes as Go does
+codecs.register_error(GO_UTF8, _go_replace)  # type: ignore[arg-type]
 
 _WS = b" \t\r\n"
 _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -100,7 +101,7 @@ class _Doc:
             m = _PLAIN.match(data, self.pos)
             assert m is not None  # the pattern matches the empty string
             if m.end() > self.pos:
-                parts.append(data[self.pos:m.end()].decode("utf-8", "snapshot-go-utf8"))
+                parts.append(data[self.pos:m.end()].decode("utf-8", GO_UTF8))
                 self.pos = m.end()
             if self.pos >= len(data):
                 raise self.fail("in string literal")
@@ -240,14 +241,39 @@ def _fold(key: str) -> str:
     return "".join(c.upper() if c < "\x80" else c for c in key.translate(_FOLD))
 
 
-def decode_object(data: bytes, fields: dict) -> dict:
-    """Unmarshal *data* as Go does into a struct described by *fields*.
+class GoStruct:
+    """A Go struct of string and int fields, as decode_object needs it: built once."""
 
-    *fields* maps each JSON key (Go's field tag) to ``str`` or ``int``; the
-    result maps the keys that were set to their values.  Raises GoJSONError.
+    __slots__ = ("fields", "folded")
+
+    def __init__(self, fields: dict) -> None:
+        self.fields = dict(fields)  # JSON key (Go's field tag) -> str or int
+        self.folded = {_fold(k): k for k in fields}  # Go's case-insensitive match
+
+
+def _int64(raw: bytes):
+    """The int a JSON integer literal holds, or None if Go's int (64 bits) cannot hold it.
+
+    Length first: Python refuses to convert more than 4300 digits (a bare ValueError),
+    and anything over 19 digits is out of range anyway."""
+    if len(raw) - raw.startswith(b"-") > 19 or not _INT.match(raw):
+        return None
+    n = int(raw)
+    return n if INT64_MIN <= n <= INT64_MAX else None
+
+
+def _shown(raw: bytes) -> str:
+    """A number literal for an error message, cut short if it is long."""
+    return raw.decode() if len(raw) <= 40 else f"{raw[:20].decode()}... ({len(raw)} characters)"
+
+
+def decode_object(data: bytes, struct: GoStruct) -> dict:
+    """Unmarshal *data* as Go does into the struct *struct* describes.
+
+    The result maps the keys that were set to their values.  Raises GoJSONError.
     """
     doc = _Doc(data)
-    folded = {_fold(k): k for k in fields}
+    fields, folded = struct.fields, struct.folded
     out: dict = {}
     type_error = None
     doc.skip_ws()
@@ -280,16 +306,16 @@ def decode_object(data: bytes, fields: dict) -> dict:
                     if kind == "null":
                         pass  # Go: null into a non-pointer is a no-op
                     elif fields[field] is int and kind == "number":
-                        n = int(raw) if _INT.match(raw) else None
-                        if n is None or not INT64_MIN <= n <= INT64_MAX:
+                        n = _int64(raw)
+                        if n is None:
                             if type_error is None:
-                                type_error = f"cannot unmarshal number {raw.decode()} into field {field} of type int"
+                                type_error = f"cannot unmarshal number {_shown(raw)} into field {field} of type int"
                         else:
                             out[field] = n
                     elif type_error is None:
                         what = "number" if kind == "number" else "bool"
                         go_type = "string" if fields[field] is str else "int"
-                        type_error = f"cannot unmarshal {what} {raw.decode()} into field {field} of type {go_type}"
+                        type_error = f"cannot unmarshal {what} {_shown(raw)} into field {field} of type {go_type}"
                 doc.skip_ws()
                 c = data[doc.pos:doc.pos + 1]
                 if c == b",":

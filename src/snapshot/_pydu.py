@@ -19,8 +19,10 @@ import struct
 
 from ._dirfds import CHANGED, DIR_FLAGS, DirFds, DirNode, fd_budget
 from ._errors import os_error
+from ._meta import read_raw
+from ._paths import CH_MEM_RANGES_FILE, ROOTFS_COW_NAME, ROOTFS_FILE_NAME, ROOTFS_META_NAME
 from ._paths import encoded_path as encode_path
-from ._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, UNIQUE_INODES
+from ._walkflags import META_READ_MAX, ONE_FILE_SYSTEM, SHARED_EXTENTS, SNAPSHOT_FILES, UNIQUE_INODES
 
 # <linux/fiemap.h>
 FS_IOC_FIEMAP = 0xC020660B
@@ -37,7 +39,9 @@ _VANISHED = (errno.ENOENT, errno.ENOTDIR)
 # Which filesystem a descriptor is on (see _du.pyx, snap_fs_identity).
 _BTRFS_IOC_FS_INFO = 0x8400941F  # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args), 1024 bytes
 _FS_IOC_GETFSUUID = 0x80111500  # _IOR(0x15, 0, struct fsuuid2), 17 bytes
-_O_PATH = getattr(os, "O_PATH", 0)  # Linux; elsewhere the file is opened and then checked
+# The files a SNAPSHOT_FILES walk notes in the root directory (see _du.snapshot_file).
+_NAMED = {os.fsencode(n): i for i, n in enumerate((CH_MEM_RANGES_FILE, ROOTFS_COW_NAME, ROOTFS_FILE_NAME))}
+_META_NAME = os.fsencode(ROOTFS_META_NAME)
 
 
 def _failed(e: OSError, path: bytes) -> OSError:
@@ -62,14 +66,15 @@ def _open_counted(dir_fd: int, name: bytes, counted: os.stat_result):
     """A read descriptor of dir_fd/name if it is still the regular file counted, else None.
 
     O_PATH opens no device and breaks no lease; /proc/self/fd then names that very inode.
-    Without O_PATH (not Linux) the file is opened first and checked after."""
-    flags = (_O_PATH | os.O_CLOEXEC) if _O_PATH else (os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    Without O_PATH (not Linux: no /proc/self/fd either) the file is opened first and checked after."""
+    o_path = getattr(os, "O_PATH", 0)
+    flags = (o_path | os.O_CLOEXEC) if o_path else (os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (counted.st_dev, counted.st_ino):
             return None
-        if not _O_PATH:
+        if not o_path:
             return os.dup(fd)  # this one is already open for reading
         return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     finally:
@@ -129,6 +134,23 @@ class _Count:
         self.seen: set = set()
         self.ranges: list = []
         self.fs: dict = {}
+        self.named: list = [None, None, None]  # SNAPSHOT_FILES: see _du._report_extra
+        self.meta: object = None  # None, bytes or (errno, st_mode, st_size), as _meta.read_raw
+
+    def snapshot_file(self, dir_fd: int, name: bytes, st) -> None:
+        """An entry of the root in a SNAPSHOT_FILES walk (st None: a directory not stat'ed)."""
+        i = _NAMED.get(name)
+        if i is not None:
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                self.named[i] = st.st_blocks * 512
+        elif name == _META_NAME:
+            if st is None or not stat.S_ISREG(st.st_mode) or st.st_size > META_READ_MAX:
+                self.meta = (0, stat.S_IFDIR if st is None else st.st_mode, 0 if st is None else st.st_size)
+                return
+            got = read_raw(name, dir_fd)
+            if isinstance(got, tuple) and got[0] in (errno.ENOENT, errno.ENOTDIR):
+                got = None  # gone meanwhile
+            self.meta = got
 
     def add(self, dir_fd, name: bytes, st: os.stat_result) -> None:
         """Count a non-directory; dir_fd None means name is a path."""
@@ -171,11 +193,16 @@ def walk(path: bytes, flags: int, workers: int = 1, budget: int = 0) -> tuple:
     """(allocated, apparent, files, dirs, shared, shared_physical, unmapped) for *path*.
 
     Python code holds the GIL, so threads would not help: *workers* is only checked."""
-    if b"\0" in path:
-        raise ValueError("embedded null byte")
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    return _walk(path, flags & ~SNAPSHOT_FILES, budget).result()
+
+
+def _walk(path: bytes, flags: int, budget: int) -> _Count:
+    if b"\0" in path:
+        raise ValueError("embedded null byte")
     count = _Count(flags)
+    root_files = flags & SNAPSHOT_FILES
     try:
         root_fd = os.open(path, DIR_FLAGS)
     except OSError as e:
@@ -188,7 +215,7 @@ def walk(path: bytes, flags: int, workers: int = 1, budget: int = 0) -> tuple:
             count.add(None, path, st)
         except OSError as e2:
             raise _failed(e2, path) from None
-        return count.result()
+        return count
     tree = DirFds(path, root_fd, budget or fd_budget(1))
     try:
         root_dev = os.fstat(root_fd).st_dev if flags & ONE_FILE_SYSTEM else None
@@ -206,15 +233,15 @@ def walk(path: bytes, flags: int, workers: int = 1, budget: int = 0) -> tuple:
                 finally:
                     tree.release(node.parent)  # type: ignore[arg-type]
             try:
-                _read_dir(tree, node, count, root_dev, stack)
+                _read_dir(tree, node, count, root_dev, stack, root_files and node is tree.root)
             finally:
                 tree.settle(node)
     finally:
         tree.close()
-    return count.result()
+    return count
 
 
-def _read_dir(tree: DirFds, node: DirNode, count: _Count, root_dev, stack: list) -> None:
+def _read_dir(tree: DirFds, node: DirNode, count: _Count, root_dev, stack: list, root_files=False) -> None:
     """Count node's non-directories and push its subdirectories."""
     try:
         it = os.scandir(node.fd)
@@ -230,6 +257,8 @@ def _read_dir(tree: DirFds, node: DirNode, count: _Count, root_dev, stack: list)
                 if e.errno in _VANISHED:
                     continue
                 raise _failed(e, tree.path(node, name)) from None
+            if root_files:
+                count.snapshot_file(node.fd, name, st)
             if st is not None and stat.S_ISDIR(st.st_mode):
                 if st.st_dev != root_dev:
                     continue  # another filesystem: not entered, not counted
@@ -255,13 +284,21 @@ def walk_many(paths: list, flags: int, workers: int, stop_on_error: bool) -> lis
         raise ValueError("workers must be at least 1")
     out: list = [None] * len(paths)
     budget = fd_budget(1)
+    ranges: list = []
     for i, p in enumerate(paths):
         try:
-            out[i] = walk(p, flags, 1, budget)
+            count = _walk(p, flags, budget)
         except OSError as e:
             out[i] = e
             if stop_on_error:
                 break
+            continue
+        out[i] = count.result()
+        if flags & SNAPSHOT_FILES:
+            out[i] += (*count.named, count.meta)
+            ranges += count.ranges
+    if flags & SNAPSHOT_FILES:
+        return out, _union(ranges) if flags & SHARED_EXTENTS else 0  # type: ignore[return-value]
     return out
 
 

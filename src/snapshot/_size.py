@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional, Union
 
 from . import _pydu
 from ._paths import StrPath
-from ._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, UNIQUE_INODES
+from ._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, SNAPSHOT_FILES, UNIQUE_INODES
 
 if sys.platform.startswith("linux"):
     from . import _du as _impl  # must build on Linux: see setup.py
@@ -49,7 +49,7 @@ def _flags(count_links: bool, one_file_system: bool, shared_extents: bool) -> in
             | (SHARED_EXTENTS if shared_extents else 0))
 
 
-def _to_usage(t: tuple, shared_extents: bool) -> Usage:
+def to_usage(t: tuple, shared_extents: bool) -> Usage:
     allocated, apparent, files, dirs, shared, phys, unmapped = t
     if not shared_extents:
         return Usage(allocated, apparent, files, dirs)
@@ -63,14 +63,15 @@ def usage(path: Union[StrPath, bytes], *, workers: int = 1, count_links: bool = 
     *workers* threads walk the one tree together (at most 4 per CPU); the
     result is the same whatever their number."""
     flags = _flags(count_links, one_file_system, shared_extents)
-    return _to_usage(_impl.walk(os.fsencode(path), flags, _workers(workers, _impl.thread_cap())),
+    return to_usage(_impl.walk(os.fsencode(path), flags, _workers(workers, _impl.thread_cap())),
                      shared_extents)
 
 
 def snapshot_names(base_dir: StrPath) -> List[str]:
-    """Every directory directly in *base_dir* (symlinks not followed), sorted."""
+    """Every directory directly in *base_dir* (symlinks not followed), sorted; names are str
+    (undecodable bytes as surrogates, os.fsdecode), whatever the type of *base_dir*."""
     with os.scandir(os.fspath(base_dir)) as it:
-        return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        return sorted(os.fsdecode(e.name) for e in it if e.is_dir(follow_symlinks=False))
 
 
 def default_workers() -> int:
@@ -79,35 +80,72 @@ def default_workers() -> int:
 
 
 def _workers(workers: Optional[int], n: int) -> int:
-    """Threads to start: at most *n* (the names, or the walker's cap)."""
+    """Threads to start: at most *n* (the names, or the walker's cap).
+
+    TypeError unless *workers* is None or an int (a bool is not a count); ValueError below 1."""
     if workers is None:
         workers = default_workers()
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be a positive int, not {workers!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool):
+        raise TypeError(f"workers must be an int or None, not {type(workers).__name__}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
     return max(1, min(workers, n, _impl.thread_cap()))
 
 
-def usages(base_dir: StrPath, names: List[str], *, workers: Optional[int] = None,
-           count_links: bool = True, one_file_system: bool = False,
-           shared_extents: bool = False) -> List[Union[Usage, OSError]]:
-    """usage() of each snapshot in parallel; a failed one gives its OSError instead."""
-    paths = [_impl.encode_path(base_dir, n) for n in names]
-    flags = _flags(count_links, one_file_system, shared_extents)
-    results = _impl.walk_many(paths, flags, _workers(workers, len(paths)), False)
+def _name_list(names) -> list:
+    """*names* as a list; a str or bytes is one name, not an iterable of names."""
+    if isinstance(names, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"names must be an iterable of str, not {type(names).__name__}")
+    return list(names)
+
+
+def _encode_all(base_dir, names: list) -> tuple:
+    """(paths, error): the encoded path of each name up to the first bad one, and that
+    name's ValueError or TypeError (None if all are good).  A loop of dir_size would
+    walk the names before the bad one, and so do the batches."""
+    paths = []
+    for n in names:
+        try:
+            paths.append(_impl.encode_path(base_dir, n))
+        except (TypeError, ValueError) as e:
+            return paths, e
+    return paths, None
+
+
+def snapshot_walks(base_dir: StrPath, names: List[str], *, workers: Optional[int] = None,
+                   count_links: bool = True, one_file_system: bool = False,
+                   shared_extents: bool = False) -> tuple:
+    """The fleet report's walks (see _report): each snapshot in parallel, with what
+    the walk saw of its files.  Returns (results, shared_physical of them all);
+    each result is the walk's OSError, or a tuple: the 7 totals (to_usage makes a
+    Usage of them), the allocated bytes of memory-ranges, rootfs.cow and rootfs.ext4
+    (None if absent), and rootfs.meta as _meta.read_raw gives it (None if absent)."""
+    paths, bad = _encode_all(base_dir, names)
+    if bad is not None:
+        raise bad
+    flags = _flags(count_links, one_file_system, shared_extents) | SNAPSHOT_FILES
+    results, physical = _impl.walk_many(paths, flags, _workers(workers, len(paths)), False)
     # Without stop_on_error every path is walked: each result is a tuple or an OSError.
-    return [r if isinstance(r, OSError) else _to_usage(r, shared_extents) for r in results]  # type: ignore[arg-type]
+    return results, physical
 
 
 def dir_sizes(base_dir: StrPath, names: Optional[Iterable[str]] = None, *,
               workers: Optional[int] = None) -> Dict[str, int]:
-    """{name: dir_size(base_dir, name)} for many snapshots, sized on *workers* threads."""
-    names = snapshot_names(base_dir) if names is None else list(names)
-    paths = [_impl.encode_path(base_dir, n) for n in names]
-    results = _impl.walk_many(paths, 0, _workers(workers, len(paths)), True)
+    """{name: dir_size(base_dir, name)} for many snapshots, sized on *workers* threads.
+
+    *names* defaults to every directory in *base_dir* (snapshot_names).  The result
+    is what a loop of dir_size gives, errors included: the first name, in order,
+    that fails raises its own exception (OSError subclass, ValueError or TypeError)."""
+    names = snapshot_names(base_dir) if names is None else _name_list(names)
+    paths, bad = _encode_all(base_dir, names)
+    n = _workers(workers, len(paths))
+    results = _impl.walk_many(paths, 0, n, True)
     out = {}
     for name, r in zip(names, results):
         if isinstance(r, OSError):
             raise r
         assert r is not None  # names are left unwalked (None) only after a failed one
         out[name] = r[0]
+    if bad is not None:
+        raise bad
     return out
