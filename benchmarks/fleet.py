@@ -7,6 +7,7 @@ import os
 import snapshot
 
 FLEET_SIZE = 2000
+TEMPLATES = ("ubuntu-22.04", "debian-12", "alpine-3.19")
 
 
 def make_fleet(base, n: int = FLEET_SIZE) -> list:
@@ -28,6 +29,8 @@ def make_fleet(base, n: int = FLEET_SIZE) -> list:
                 f.truncate(4 << 30)
                 f.seek((i * 4096) % (1 << 30))
                 f.write(b"\x5a" * written)
-        snapshot.write_meta(base, name, snapshot.RootfsMeta("ubuntu-22.04", vcpus=2, memory_mb=1024))
+        template = TEMPLATES[i % len(TEMPLATES)]  # a few templates and VM shapes, as in a real fleet
+        snapshot.write_meta(base, name, snapshot.RootfsMeta(template, f"{template}-v1", vcpus=(1, 2, 4, 8)[i % 4],
+                                                            memory_mb=512 << (i % 5)))
         names.append(name)
     return names

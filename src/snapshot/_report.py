@@ -1,16 +1,25 @@
 """The fleet report behind `snapshot-du --snapshots`: one row per snapshot,
-rendered as a table, JSON or the Prometheus text format."""
+rendered as a table, JSON or the Prometheus text format.
+
+Its cost is the walk's: one batched walk (_size.snapshot_walks) sizes every
+snapshot and, from each root directory's entries, notes the allocated size of
+its big files and reads its rootfs.meta, on the walker's threads.  What is left
+here is decoding the metadata and rendering, column by column.
+
+Names reach every format losslessly and distinctly (see printable, and
+as_json for names that are not UTF-8).
+"""
 from __future__ import annotations
 
+import base64
 import json
 import os
-from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ._errors import MetaError
-from ._meta import read_meta
-from ._paths import CH_MEM_RANGES_FILE, ROOTFS_COW_NAME, ROOTFS_FILE_NAME, StrPath
-from ._size import Usage, snapshot_names, usages
+from ._meta import decode_fields, refusal
+from ._paths import ROOTFS_META_NAME, StrPath
+from ._size import Usage, snapshot_names, snapshot_walks, to_usage
 
 _SUFFIXES = "KMGTPEZYRQ"
 
@@ -33,154 +42,223 @@ def human(n: int) -> str:
     return f"{whole}{_SUFFIXES[e - 1]}"
 
 
-def format_size(n: Optional[int], unit: str) -> str:
-    """du's units: 'k' 1024-byte blocks rounded up (du's default), 'b' bytes, 'h' human."""
-    if n is None:
-        return ""
-    if unit == "h":
-        return human(n)
-    if unit == "b":
-        return str(n)
+def _kib(n: int) -> str:
     return str(-(-n // 1024))
 
 
+_UNITS: Dict[str, Callable[[int], str]] = {"h": human, "b": str, "k": _kib}
+
+
+def format_size(n: Optional[int], unit: str) -> str:
+    """du's units: 'k' 1024-byte blocks rounded up (du's default), 'b' bytes, 'h' human."""
+    return "" if n is None else _UNITS[unit](n)
+
+
+# ---- names ---------------------------------------------------------------------
+
+_SHORT = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
+
+
 def printable(s: str) -> str:
-    """A name or template as one table cell: control characters and undecodable
-    bytes shown escaped, so a hostile name cannot forge rows."""
-    return s if s.isprintable() else "".join(_escape_char(c) for c in s)
+    """A name as text that cannot forge a row and is distinct for distinct names.
 
-
-def _undecodable(c: str) -> bool:
-    return "\udc80" <= c <= "\udcff"  # a byte that was not UTF-8, from surrogateescape
+    Printable characters stay as they are; a backslash is doubled; an undecodable
+    byte (a surrogate from os.fsdecode) is \\xNN; any other unprintable character
+    is \\n, \\t, \\r, \\uNNNN or \\UNNNNNNNN.  So the byte 0xFF and the text
+    ``\\xff`` come out as ``\\xff`` and ``\\\\xff``, as Go's %q would tell them apart."""
+    if s.isprintable() and "\\" not in s:
+        return s
+    return "".join(_escape_char(c) for c in s)
 
 
 def _escape_char(c: str) -> str:
+    short = _SHORT.get(c)
+    if short is not None:
+        return short
     if c.isprintable():
         return c
-    if _undecodable(c):
-        return f"\\x{ord(c) - 0xdc00:02x}"
-    return c.encode("unicode_escape").decode("ascii")
+    o = ord(c)
+    if 0xDC80 <= o <= 0xDCFF:  # a byte that was not UTF-8, from surrogateescape
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
 
 
-@dataclass
+# ---- building -------------------------------------------------------------------
+
 class Row:
-    name: str
-    usage: Usage
-    memory_ranges: Optional[int] = None  # allocated bytes of each file, None when missing
-    rootfs_cow: Optional[int] = None
-    rootfs_ext4: Optional[int] = None
-    base_template: Optional[str] = None
-    vcpus: Optional[int] = None
-    memory_mb: Optional[int] = None
+    """One snapshot: its walk's tuple (see _size.snapshot_walks) and its rootfs.meta
+    fields.  Properties name what the tuple holds; the renderers read it column by column."""
+
+    __slots__ = ("name", "totals", "shared", "meta")
+
+    def __init__(self, name: str, walked: tuple, shared: bool, meta: Optional[tuple]) -> None:
+        self.name = name
+        self.totals = walked
+        self.shared = shared
+        self.meta = meta  # (base_template, template_id, vcpus, memory_mb), or None without a readable file
+
+    @property
+    def usage(self) -> Usage:
+        return to_usage(self.totals[:7], self.shared)
+
+    memory_ranges = property(lambda self: self.totals[7], doc="allocated bytes of memory-ranges, or None")
+    rootfs_cow = property(lambda self: self.totals[8], doc="allocated bytes of rootfs.cow, or None")
+    rootfs_ext4 = property(lambda self: self.totals[9], doc="allocated bytes of rootfs.ext4, or None")
+    base_template = property(lambda self: None if self.meta is None else self.meta[0])
+    vcpus = property(lambda self: None if self.meta is None else self.meta[2])
+    memory_mb = property(lambda self: None if self.meta is None else self.meta[3])
 
 
-@dataclass
 class Report:
-    base: str
-    rows: List[Row] = field(default_factory=list)
-    errors: List[str] = field(default_factory=list)  # one message per problem, for stderr
-    shared: bool = False
+    """Rows sorted largest first, the problems met (one message each, for stderr),
+    and with shared: the base's set-shared bytes (each shared disk byte once)."""
+
+    def __init__(self, base: str, shared: bool) -> None:
+        self.base = base
+        self.shared = shared
+        self.rows: List[Row] = []
+        self.errors: List[str] = []
+        self.shared_physical: Optional[int] = None
+
+    def column(self, attr: str) -> list:
+        """One Usage field of every row: allocated, apparent, shared or exclusive."""
+        rows = self.rows
+        if attr == "allocated":
+            return [r.totals[0] for r in rows]
+        if attr == "apparent":
+            return [r.totals[1] for r in rows]
+        if not self.shared:
+            return [None] * len(rows)
+        if attr == "shared":
+            return [r.totals[4] for r in rows]
+        return [r.totals[0] - r.totals[4] for r in rows]  # exclusive
 
     def total(self, attr: str) -> Optional[int]:
-        values = [getattr(r.usage, attr) for r in self.rows]
+        values = self.column(attr)
         return None if any(v is None for v in values) else sum(values)
 
 
-def _allocated(path: str) -> Optional[int]:
-    try:
-        return os.lstat(path).st_blocks * 512
-    except FileNotFoundError:
-        return None
+def _minus_allocated(row: Row) -> int:
+    return -row.totals[0]
 
 
 def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
           count_links: bool = True, one_file_system: bool = False) -> Report:
-    base = os.fspath(base)
-    report = Report(base, shared=shared)
+    report = Report(os.fsdecode(base), shared)
     names = snapshot_names(base)
-    results = usages(base, names, workers=workers, shared_extents=shared,
-                     count_links=count_links, one_file_system=one_file_system)
-    for name, u in zip(names, results):
-        d = os.path.join(base, name)
-        if isinstance(u, OSError):
-            report.errors.append(f"cannot access '{u.filename}': {u.strerror}")
+    results, physical = snapshot_walks(base, names, workers=workers, shared_extents=shared,
+                                       count_links=count_links, one_file_system=one_file_system)
+    if shared:
+        report.shared_physical = physical
+    errors, rows = report.errors, report.rows
+    prefix = os.path.join(report.base, "")  # ends with a separator
+    for name, r in zip(names, results):
+        if type(r) is not tuple:  # the walk's OSError
+            errors.append(f"cannot access '{printable(os.fsdecode(r.filename))}': {r.strerror}")
             continue
-        row = Row(name, u)
-        try:
-            row.memory_ranges = _allocated(os.path.join(d, CH_MEM_RANGES_FILE))
-            row.rootfs_cow = _allocated(os.path.join(d, ROOTFS_COW_NAME))
-            row.rootfs_ext4 = _allocated(os.path.join(d, ROOTFS_FILE_NAME))
-        except OSError as e:
-            report.errors.append(f"cannot access '{e.filename}': {e.strerror}")
-        try:
-            meta = read_meta(base, name)
-            row.base_template, row.vcpus, row.memory_mb = meta.base_template, meta.vcpus, meta.memory_mb
-        except FileNotFoundError:
-            pass
-        except MetaError as e:
-            report.errors.append(f"bad metadata {e.filename!r}: {e.reason}")
-        except OSError as e:
-            report.errors.append(f"cannot read '{e.filename}': {e.strerror}")
-        report.rows.append(row)
-    report.rows.sort(key=lambda r: (-r.usage.allocated, r.name))
+        raw = r[10]
+        meta = None
+        if raw is not None:
+            try:
+                if type(raw) is not bytes:
+                    raise refusal(f"{prefix}{name}/{ROOTFS_META_NAME}", raw)
+                meta = decode_fields(raw)
+            except MetaError as e:
+                errors.append(f"bad metadata '{printable(f'{prefix}{name}/{ROOTFS_META_NAME}')}': {e.reason}")
+            except OSError as e:
+                errors.append(f"cannot read '{printable(os.fsdecode(e.filename))}': {e.strerror}")
+        rows.append(Row(name, r, shared, meta))
+    # Names come sorted, and the sort is stable: equal sizes stay in name order.
+    rows.sort(key=_minus_allocated)
     return report
 
 
-def table(report: Report, unit: str) -> str:
-    head = ["SNAPSHOT", "ALLOCATED", "APPARENT", "MEMORY", "COW", "ROOTFS", "BASE_TEMPLATE", "VCPUS", "MEMORY_MB"]
-    if report.shared:
-        head += ["SHARED", "EXCLUSIVE"]
-    lines = [head]
-    for r in report.rows:
-        cells = [printable(r.name), format_size(r.usage.allocated, unit), format_size(r.usage.apparent, unit),
-                 format_size(r.memory_ranges, unit), format_size(r.rootfs_cow, unit),
-                 format_size(r.rootfs_ext4, unit), printable(r.base_template or ""),
-                 "" if r.vcpus is None else str(r.vcpus), "" if r.memory_mb is None else str(r.memory_mb)]
-        if report.shared:
-            cells += [format_size(r.usage.shared, unit), format_size(r.usage.exclusive, unit)]
-        lines.append(cells)
-    total = [f"total ({len(report.rows)})", format_size(report.total("allocated"), unit),
-             format_size(report.total("apparent"), unit), format_size(_sum(r.memory_ranges for r in report.rows), unit),
-             format_size(_sum(r.rootfs_cow for r in report.rows), unit),
-             format_size(_sum(r.rootfs_ext4 for r in report.rows), unit), "", "", ""]
-    if report.shared:
-        total += [format_size(report.total("shared"), unit), format_size(report.total("exclusive"), unit)]
-    lines.append(total)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    numeric = {1, 2, 3, 4, 5, 7, 8, 9, 10}
-    out = []
-    for line in lines:
-        out.append("  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                             for i, (c, w) in enumerate(zip(line, widths))).rstrip())
-    return "\n".join(out) + "\n"
-
+# ---- rendering ------------------------------------------------------------------
 
 def _sum(values) -> int:
     return sum(v for v in values if v is not None)
 
 
+def table(report: Report, unit: str) -> str:
+    """The table: left-aligned names, right-aligned numbers.  In the total row,
+    SHARED is the base's set-shared bytes (each shared disk block once), so that
+    SHARED + EXCLUSIVE there is what the snapshots really occupy."""
+    rows = report.rows
+    fmt = _UNITS[unit]
+
+    def sizes(values) -> list:
+        if unit == "k":  # the default, and most of the cost: no call per value
+            return ["" if v is None else str((v + 1023) >> 10) for v in values]
+        return ["" if v is None else fmt(v) for v in values]
+
+    def total(values) -> str:
+        return fmt(sum(v for v in values if v is not None))
+
+    walked = [r.totals for r in rows]
+    metas = [r.meta or _NO_META for r in rows]
+    files = [[t[i] for t in walked] for i in (7, 8, 9)]
+    cols = [
+        ["SNAPSHOT", *(printable(r.name) for r in rows), f"total ({len(rows)})"],
+        ["ALLOCATED", *sizes(report.column("allocated")), format_size(report.total("allocated"), unit)],
+        ["APPARENT", *sizes(report.column("apparent")), format_size(report.total("apparent"), unit)],
+        ["MEMORY", *sizes(files[0]), total(files[0])],
+        ["COW", *sizes(files[1]), total(files[1])],
+        ["ROOTFS", *sizes(files[2]), total(files[2])],
+        ["BASE_TEMPLATE", *(printable(m[0]) for m in metas), ""],
+        ["VCPUS", *(str(m[2]) for m in metas), ""],
+        ["MEMORY_MB", *(str(m[3]) for m in metas), ""],
+    ]
+    if report.shared:
+        cols.append(["SHARED", *sizes(report.column("shared")), format_size(report.shared_physical, unit)])
+        cols.append(["EXCLUSIVE", *sizes(report.column("exclusive")),
+                     format_size(report.total("exclusive"), unit)])
+    line = "  ".join(f"%{'-' if i in (0, 6) else ''}{max(map(len, col))}s" for i, col in enumerate(cols))
+    # Only a row whose last cell is blank (no metadata, the total) would end in spaces.
+    return "".join([line % cells + "\n" if cells[-1] else (line % cells).rstrip() + "\n" for cells in zip(*cols)])
+
+
+_NO_META = ("", "", "", "")  # a snapshot without metadata: blank cells (str("") is "")
+
+
+def _json_name(d: dict, key: str, s: str) -> None:
+    """d[key] = s as Go's json.Marshal writes it (bytes that are not UTF-8 become
+    U+FFFD), and, only if s is not UTF-8, d[key + "_bytes"] = its exact bytes in
+    base64: every JSON reader accepts both, and nothing is lost."""
+    try:
+        s.encode("utf-8")
+        d[key] = s
+    except UnicodeEncodeError:
+        raw = os.fsencode(s)
+        d[key] = raw.decode("utf-8", "replace")
+        d[key + "_bytes"] = base64.b64encode(raw).decode("ascii")
+
+
 def as_json(report: Report) -> str:
     def row(r: Row) -> dict:
         u = r.usage
-        d = {"name": r.name, "allocated": u.allocated, "apparent": u.apparent, "files": u.files, "dirs": u.dirs,
-             "memory_ranges": r.memory_ranges, "rootfs_cow": r.rootfs_cow, "rootfs_ext4": r.rootfs_ext4,
-             "base_template": r.base_template, "vcpus": r.vcpus, "memory_mb": r.memory_mb}
+        d: dict = {}
+        _json_name(d, "name", r.name)
+        d.update(allocated=u.allocated, apparent=u.apparent, files=u.files, dirs=u.dirs,
+                 memory_ranges=r.memory_ranges, rootfs_cow=r.rootfs_cow, rootfs_ext4=r.rootfs_ext4,
+                 base_template=r.base_template, vcpus=r.vcpus, memory_mb=r.memory_mb)
         if report.shared:
             d.update(shared=u.shared, exclusive=u.exclusive, shared_physical=u.shared_physical)
         return d
     total = {"snapshots": len(report.rows), "allocated": report.total("allocated"),
              "apparent": report.total("apparent")}
     if report.shared:
-        total.update(shared=report.total("shared"), exclusive=report.total("exclusive"))
-    return json.dumps({"base": report.base, "snapshots": [row(r) for r in report.rows], "total": total,
-                       "errors": report.errors}, indent=1) + "\n"
+        total.update(shared=report.total("shared"), exclusive=report.total("exclusive"),
+                     shared_physical=report.shared_physical)
+    doc: dict = {}
+    _json_name(doc, "base", report.base)
+    doc.update(snapshots=[row(r) for r in report.rows], total=total, errors=report.errors)
+    return json.dumps(doc, indent=1) + "\n"
 
 
 def _label(value: str) -> str:
-    # The exposition format escapes backslash, double quote and newline in label values.
-    # Undecodable bytes (surrogateescape) are written as \xNN text, since the format is UTF-8.
-    value = "".join(_escape_char(c) if _undecodable(c) else c for c in value)
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """A label value: the name as printable() shows it, then the exposition format's
+    escapes (backslash, double quote, newline), so distinct names stay distinct."""
+    return printable(value).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def prometheus(report: Report) -> str:
@@ -190,10 +268,14 @@ def prometheus(report: Report) -> str:
         metrics += [("snapshot_shared_bytes", "shared",
                      "Allocated bytes in extents shared with other files (reflinks)."),
                     ("snapshot_exclusive_bytes", "exclusive", "Allocated bytes in extents not shared.")]
+    labels = [_label(r.name) for r in report.rows]
     out = []
     for metric, attr, doc in metrics:
         out += [f"# HELP {metric} {doc}", f"# TYPE {metric} gauge"]
-        out += [f'{metric}{{snapshot="{_label(r.name)}"}} {getattr(r.usage, attr)}' for r in report.rows]
+        out += [f'{metric}{{snapshot="{label}"}} {v}' for label, v in zip(labels, report.column(attr))]
+    if report.shared:
+        out += ["# HELP snapshot_set_shared_bytes Bytes on disk in shared extents of all snapshots, each counted once.",
+                "# TYPE snapshot_set_shared_bytes gauge", f"snapshot_set_shared_bytes {report.shared_physical}"]
     out += ["# HELP snapshot_count Snapshots sized in the base directory.", "# TYPE snapshot_count gauge",
             f"snapshot_count {len(report.rows)}"]
     return "\n".join(out) + "\n"
