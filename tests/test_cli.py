@@ -10,7 +10,7 @@ import pytest
 
 import snapshot
 from snapshot import cli
-from snapshot._report import human
+from snapshot._report import human, printable
 
 pytestmark = pytest.mark.usefixtures("walker")
 
@@ -104,9 +104,9 @@ def test_unreadable_path_reported_and_others_printed(tmp_path, capsys):
     assert out.endswith(f"\t{tmp_path / 'ok'}\n")
 
 
-@pytest.mark.parametrize("args", [[], ["--snapshots"], ["--prometheus", "/"], ["--snapshots", "/", "/x"],
+@pytest.mark.parametrize("args", [["--snapshots"], ["--prometheus", "/"], ["--snapshots", "/", "/x"],
                                   ["--json", "--prometheus", "--snapshots", "/"], ["-h", "-b", "/"], ["--bogus", "/"],
-                                  ["-j", "0", "--snapshots", "/"]])
+                                  ["-j", "0", "--snapshots", "/"], ["-o", "", "/"], ["--snapshots", "", "-o", "x"]])
 def test_usage_errors_exit_2(capsys, args):
     rc, out, err = run(args, capsys)
     assert rc == 2 and out == "" and "usage:" in err
@@ -208,7 +208,10 @@ def test_snapshots_prometheus_parses_back(tmp_path, capsys):
     assert rc == 0
     fams = {f.name: f for f in text_string_to_metric_families(out)}
     alloc = {s.labels["snapshot"]: s.value for s in fams["snapshot_allocated_bytes"].samples}
-    assert alloc == {n: snapshot.dir_size(base, n) for n in ["small", "big", "middle", hostile]}
+    # Label values are names as the table shows them (printable): here backslash doubled, newline as \n.
+    assert alloc == {printable(n): snapshot.dir_size(base, n) for n in ["small", "big", "middle", hostile]}
+    assert printable(hostile) == 'we"ird' + "\\\\" + "na" + "\\n" + "me"  # a backslash doubled, a newline as \n
+    hostile = printable(hostile)
     apparent = {s.labels["snapshot"]: s.value for s in fams["snapshot_apparent_bytes"].samples}
     assert apparent[hostile] == 3000
     assert fams["snapshot_count"].samples[0].value == 4
@@ -252,7 +255,9 @@ def test_snapshots_shared_columns_on_reflink_fs(xfs, capsys):
     assert {s.labels["snapshot"]: s.value for s in fams["snapshot_shared_bytes"].samples} == \
         {"vm": 3 << 20, "tpl": 3 << 20}
     rc, out, _ = run(["--shared", "-c", "-b", "--apparent-size", xfs / "base" / "vm", xfs / "base" / "tpl"], capsys)
-    assert out.splitlines()[-1].split("\t") == [str(8 << 20), str(6 << 20), str(2 << 20), "total"]
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert rows[-1] == [str(8 << 20), str(6 << 20), str(2 << 20), "total"]
+    assert [sum(int(r[i]) for r in rows[:-1]) for i in (0, 1, 2)] == [8 << 20, 6 << 20, 2 << 20]
 
 
 def test_console_script_and_module_entry_points(tmp_path):
@@ -264,3 +269,201 @@ def test_console_script_and_module_entry_points(tmp_path):
     assert a.stdout == b.stdout == f"10000\t{tmp_path}\n"
     c = subprocess.run([exe, str(tmp_path / "missing")], capture_output=True, text=True)
     assert c.returncode == 1 and "cannot access" in c.stderr
+
+
+# ---- du's habits --------------------------------------------------------------------
+
+def test_summarize_is_accepted_as_du_takes_it(trees, capsys):
+    rc, out, err = run(["-sh", *trees], capsys)
+    assert (rc, err) == (0, "")
+    assert out == run(["-h", *trees], capsys)[1]
+    assert run(["--summarize", trees[0]], capsys)[1] == run([trees[0]], capsys)[1]
+
+
+def test_version(capsys):
+    rc, out, _ = run(["--version"], capsys)
+    assert rc == 0 and out == f"snapshot-du {snapshot.__version__}\n"
+    import importlib.metadata
+    assert snapshot.__version__ == importlib.metadata.version(importlib.metadata.packages_distributions()
+                                                              ["snapshot"][0])
+
+
+def test_no_path_means_the_working_directory(tmp_path, capsys, monkeypatch):
+    (tmp_path / "f").write_bytes(os.urandom(9000))
+    monkeypatch.chdir(tmp_path)
+    rc, out, _ = run(["-b"], capsys)
+    assert (rc, out) == (0, "9000\t.\n")
+
+
+# ---- totals that add up -----------------------------------------------------------------
+
+def sparse_tree(root, holes):
+    root.mkdir()
+    for i, hole in enumerate(holes):
+        with open(root / f"f{i}", "wb") as f:
+            f.truncate(hole)
+            f.write(os.urandom(5000 + i))
+    return root
+
+
+@pytest.mark.parametrize("unit", [["-b"], ["--apparent-size", "-b"], ["--apparent-size"], []])
+def test_shared_totals_are_the_sums_of_the_rows(tmp_path, capsys, unit):
+    """With sparse files, apparent and allocated differ: the total's exclusive was total
+    apparent minus total shared (1,074,790,518 where the rows summed to 5,251,072)."""
+    a = sparse_tree(tmp_path / "a", [1 << 30, 0])
+    b = sparse_tree(tmp_path / "b", [1 << 20])
+    rc, out, _ = run(["-c", "--shared", *unit, a, b], capsys)
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert rc == 0 and rows[-1][-1] == "total"
+    for col in (0, 1, 2):
+        assert int(rows[-1][col]) == sum(int(r[col]) for r in rows[:-1]), (col, rows)
+    assert int(rows[-1][2]) < 1 << 20  # exclusive is allocated bytes, whatever the size column shows
+    rc, out, _ = run(["-c", "--shared", "--json", *unit, a, b], capsys)
+    doc = json.loads(out)
+    assert doc["total_exclusive"] == sum(p["exclusive"] for p in doc["paths"])
+    assert doc["total_shared"] == sum(p["shared"] for p in doc["paths"])
+
+
+def test_fleet_shared_total_counts_each_disk_byte_once(xfs, capsys):
+    """Three snapshots share one 4 MiB template: the rows say 4 MiB shared each, the total
+    says 4 MiB (the set-shared bytes), and total exclusive + set-shared is the real footprint."""
+    base = xfs / "base"
+    template = xfs / "template.ext4"
+    template.write_bytes(os.urandom(4 << 20))
+    for i, name in enumerate(["a", "b", "c"]):
+        (base / name).mkdir(parents=True)
+        subprocess.run(["cp", "--reflink=always", template, base / name / "rootfs.ext4"], check=True)
+        (base / name / "memory-ranges").write_bytes(os.urandom((i + 1) << 16))
+    os.unlink(template)
+    os.sync()
+    rc, out, _ = run(["--snapshots", base, "--shared", "-b"], capsys)
+    lines = out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert rc == 0 and all(rows[n][-2] == str(4 << 20) for n in "abc")
+    total = lines[-1].split()
+    exclusive = sum(i << 16 for i in (1, 2, 3))
+    assert total[-2:] == [str(4 << 20), str(exclusive)]
+    rc, out, _ = run(["--snapshots", base, "--shared", "--json"], capsys)
+    t = json.loads(out)["total"]
+    assert (t["shared"], t["shared_physical"], t["exclusive"]) == (12 << 20, 4 << 20, exclusive)
+    assert t["exclusive"] + t["shared_physical"] == t["allocated"] - t["shared"] + t["shared_physical"]
+    from prometheus_client.parser import text_string_to_metric_families
+    rc, out, _ = run(["--snapshots", base, "--shared", "--prometheus"], capsys)
+    fams = {f.name: f for f in text_string_to_metric_families(out)}
+    assert fams["snapshot_set_shared_bytes"].samples[0].value == 4 << 20
+
+
+# ---- names in every format --------------------------------------------------------------
+
+TWINS = [os.fsdecode(b"vm-\xff"), "vm-\\xff"]  # the byte 0xFF, and the text backslash-x-f-f
+
+
+@pytest.fixture
+def twins(tmp_path):
+    base = tmp_path / "base"
+    for i, n in enumerate(TWINS):
+        (base / n).mkdir(parents=True)
+        (base / n / "f").write_bytes(os.urandom(5000 * (i + 1)))
+    return base
+
+
+def test_table_tells_a_byte_from_its_escape(twins, capsys):
+    rc, out, _ = run(["--snapshots", twins, "-b"], capsys)
+    names = [line.split()[0] for line in out.splitlines()[1:-1]]
+    assert rc == 0 and sorted(names) == ["vm-\\\\xff", "vm-\\xff"]
+
+
+def test_prometheus_gives_distinct_names_distinct_labels(twins, capsys):
+    from prometheus_client.parser import text_string_to_metric_families
+    rc, out, _ = run(["--snapshots", twins, "--prometheus"], capsys)
+    fams = {f.name: f for f in text_string_to_metric_families(out)}
+    labels = [s.labels["snapshot"] for s in fams["snapshot_allocated_bytes"].samples]
+    assert len(set(labels)) == 2 and sorted(labels) == sorted(printable(n) for n in TWINS)
+
+
+def test_json_carries_names_that_are_not_utf8_losslessly(twins, capsys):
+    import base64
+    rc, out, _ = run(["--snapshots", twins, "--json"], capsys)
+    out.encode("utf-8")  # no lone surrogates: any JSON reader takes it
+    assert "\\udc" not in out
+    doc = json.loads(out)
+    exact = {os.fsdecode(base64.b64decode(s["name_bytes"])) if "name_bytes" in s else s["name"]
+             for s in doc["snapshots"]}
+    assert exact == set(TWINS)
+    assert {s["name"] for s in doc["snapshots"]} == {"vm-\ufffd", "vm-\\xff"}
+    assert "name_bytes" not in [s for s in doc["snapshots"] if s["name"] == "vm-\\xff"][0]
+    rc, out, _ = run(["--json", *(twins / n for n in TWINS)], capsys)
+    out.encode("utf-8")
+    paths = json.loads(out)["paths"]
+    assert os.fsdecode(base64.b64decode(paths[0]["path_bytes"])) == str(twins / TWINS[0])
+
+
+# ---- the report's own cost, and its errors ---------------------------------------------------
+
+def test_repeated_errors_are_capped(tmp_path, capsys):
+    base = tmp_path / "base"
+    for i in range(45):
+        (base / f"vm{i:02d}").mkdir(parents=True)
+        (base / f"vm{i:02d}" / snapshot.ROOTFS_META_NAME).write_bytes(b"{")
+    rc, out, err = run(["--snapshots", base], capsys)
+    lines = err.splitlines()
+    assert rc == 1 and len(lines) == 21
+    assert all(line.startswith("snapshot-du: bad metadata") for line in lines[:20])
+    assert lines[20] == "snapshot-du: 25 more errors not shown (45 in all)"
+    assert len(out.splitlines()) == 47  # every row is still there
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory", "huge", "huge-int"])
+def test_report_refuses_what_read_meta_refuses(tmp_path, capsys, kind):
+    base = make_fleet(tmp_path / "base")
+    meta = base / "middle" / snapshot.ROOTFS_META_NAME
+    (tmp_path / "target").write_bytes(b'{"base_template":"followed"}')
+    if kind == "symlink":
+        os.symlink(tmp_path / "target", meta)
+    elif kind == "fifo":
+        os.mkfifo(meta)
+    elif kind == "directory":
+        meta.mkdir()
+    elif kind == "huge":
+        meta.write_bytes(b"{}" + b" " * (1 << 20))
+    else:
+        meta.write_bytes(b'{"vcpus":' + b"9" * 5000 + b"}")
+    try:
+        expected = snapshot.read_meta(base, "middle")
+    except Exception as e:  # what the library says, the report says
+        expected = e
+    assert isinstance(expected, (snapshot.MetaError, OSError))
+    rc, out, err = run(["--snapshots", base], capsys)
+    assert rc == 1
+    reason = expected.reason if isinstance(expected, snapshot.MetaError) else expected.strerror
+    assert err.splitlines()[0].endswith(f"'{meta}': {reason}")
+    assert [line.split()[-1] for line in out.splitlines() if line.startswith("middle ")] != ["followed"]
+    assert len(out.splitlines()) == 5
+
+
+def test_report_with_a_fifo_meta_does_not_hang(tmp_path):
+    base = make_fleet(tmp_path / "base")
+    os.mkfifo(base / "middle" / snapshot.ROOTFS_META_NAME)
+    try:
+        r = subprocess.run([sys.executable, "-m", "snapshot", "--snapshots", str(base)], capture_output=True,
+                           text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("snapshot-du --snapshots hung on a FIFO rootfs.meta")
+    assert r.returncode == 1 and "is a FIFO, not a regular file" in r.stderr
+
+
+def test_report_columns_come_from_the_walk(tmp_path, capsys):
+    """MEMORY, COW and ROOTFS are each file's own allocated bytes (lstat), a hard link
+    counted once or not, and None for a directory of that name."""
+    base = make_fleet(tmp_path / "base")
+    os.link(base / "big" / snapshot.CH_MEM_RANGES_FILE, base / "big" / "memory-copy")
+    (base / "small" / snapshot.ROOTFS_FILE_NAME).mkdir()
+    for links in ([], ["-l"]):
+        rc, out, _ = run(["--snapshots", base, "--json", *links], capsys)
+        by = {s["name"]: s for s in json.loads(out)["snapshots"]}
+        for name in ("big", "small", "middle"):
+            for key, file in (("memory_ranges", snapshot.CH_MEM_RANGES_FILE), ("rootfs_cow", snapshot.ROOTFS_COW_NAME),
+                              ("rootfs_ext4", snapshot.ROOTFS_FILE_NAME)):
+                p = base / name / file
+                want = None if not p.exists() or p.is_dir() else os.lstat(p).st_blocks * 512
+                assert by[name][key] == want, (name, key)

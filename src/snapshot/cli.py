@@ -1,11 +1,12 @@
 """snapshot-du: du -s for snapshot directories, with a fleet report.
 
-    snapshot-du [-h|-b] [--apparent-size] [-l] [-x] [-c] [--shared] [--json] [-j N] PATH...
+    snapshot-du [-s] [-h|-b] [--apparent-size] [-l] [-x] [-c] [--shared] [--json] [-j N] [PATH...]
     snapshot-du --snapshots BASE [-h|-b] [--shared] [--json|--prometheus] [-o FILE]
 
 Sizes count non-directories only, as snapshot.dir_size does (du -s also counts
-the directories' own blocks).  Exit status: 0, 1 if anything could not be
-read (the rest is still reported), 2 for a usage error.
+the directories' own blocks).  No PATH means ".".  Exit status: 0; 1 if
+anything could not be read or written (the rest is still reported); 2 for a
+usage error; 130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -15,17 +16,21 @@ import os
 import sys
 from typing import List, Optional
 
-from . import _report
-from ._atomic import atomic_write
+from . import _output, _report
 from ._size import default_workers, usage
+from ._version import __version__
 
 PROG = "snapshot-du"
+MAX_ERRORS = 20  # error lines printed in full; past them, one line gives the count
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, add_help=False, description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="*", metavar="PATH")
     p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("-s", "--summarize", action="store_true",
+                   help="accepted for du's habit; each PATH already gives one line")
     units = p.add_mutually_exclusive_group()
     units.add_argument("-h", "--human-readable", action="store_const", const="h", dest="unit",
                        help="print sizes in powers of 1024 (e.g. 1.5K 234M 2.0G), as du -h")
@@ -42,30 +47,55 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print one JSON document, sizes in bytes")
     fmt.add_argument("--prometheus", action="store_true",
                      help="with --snapshots: the Prometheus text format, for node_exporter's textfile collector")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE atomically (temp file + rename)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE: a regular file is replaced atomically (temp file + rename)")
     p.add_argument("-j", "--workers", type=int, metavar="N",
                    help="threads: per snapshot with --snapshots, inside each tree with PATHs (default: all CPUs)")
     return p
 
 
-def _warn(msg: str) -> None:
-    print(f"{PROG}: {msg}", file=sys.stderr)
+class _OutputFailed(Exception):
+    """Writing the output failed (not a broken pipe): the OSError is its cause."""
 
 
-def _paths_mode(args) -> tuple:
-    """du -s over PATHs: (text, failed)."""
+class _Errors:
+    """stderr messages: the first MAX_ERRORS in full, then only counted."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, msg: str) -> None:
+        self.count += 1
+        if self.count <= MAX_ERRORS:
+            _say(msg)
+
+    def close(self) -> None:
+        if self.count > MAX_ERRORS:
+            _say(f"{self.count - MAX_ERRORS} more errors not shown ({self.count} in all)")
+
+
+def _say(msg: str) -> None:
+    try:
+        print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass  # no stderr to report on: the exit status still tells
+
+
+def _paths_mode(args, warn, emit) -> bool:
+    """du -s over PATHs, each line emitted as soon as it is known; True if one failed."""
     apparent = args.apparent_size or args.unit == "b"
     unit = args.unit or "k"
     failed = False
-    lines, records = [], []
-    total = total_shared = 0
+    records = []
+    total = total_shared = total_exclusive = 0
     workers = default_workers() if args.workers is None else args.workers
     for path in args.paths:
         try:
             u = usage(path, workers=workers, count_links=args.count_links,
                       one_file_system=args.one_file_system, shared_extents=args.shared)
         except OSError as e:
-            _warn(f"cannot access '{path if e.filename is None else e.filename}': {e.strerror}")
+            shown = path if e.filename is None else os.fsdecode(e.filename)
+            warn(f"cannot access '{_report.printable(shown)}': {e.strerror}")
             failed = True
             continue
         size = u.apparent if apparent else u.allocated
@@ -73,60 +103,107 @@ def _paths_mode(args) -> tuple:
         cols = [_report.format_size(size, unit)]
         if args.shared:
             total_shared += u.shared or 0
+            total_exclusive += u.exclusive or 0
             cols += [_report.format_size(u.shared, unit), _report.format_size(u.exclusive, unit)]
-        lines.append("\t".join(cols + [path]))
-        records.append({"path": path, "size": size, **vars(u)})
-    if args.total:
-        cols = [_report.format_size(total, unit)]
-        if args.shared:
-            cols += [_report.format_size(total_shared, unit), _report.format_size(total - total_shared, unit)]
-        lines.append("\t".join(cols + ["total"]))
+        if args.json:
+            record: dict = {}
+            _report._json_name(record, "path", path)
+            record.update(size=size, **vars(u))
+            records.append(record)
+        else:
+            emit("\t".join(cols + [path]) + "\n")  # as du prints it: the caller's own text
     if args.json:
         doc = {"size": "apparent" if apparent else "allocated", "paths": records, "total": total}
-        return json.dumps(doc, indent=1) + "\n", failed
-    return "".join(line + "\n" for line in lines), failed
+        if args.shared:
+            doc.update(total_shared=total_shared, total_exclusive=total_exclusive)
+        emit(json.dumps(doc, indent=1) + "\n")
+    elif args.total:
+        cols = [_report.format_size(total, unit)]
+        if args.shared:  # each column's total is the sum of the rows above it
+            cols += [_report.format_size(total_shared, unit), _report.format_size(total_exclusive, unit)]
+        emit("\t".join(cols + ["total"]) + "\n")
+    return failed
 
 
-def _snapshots_mode(args) -> tuple:
+def _snapshots_mode(args, warn, emit) -> bool:
     try:
         report = _report.build(args.snapshots, workers=args.workers, shared=args.shared,
                                count_links=args.count_links, one_file_system=args.one_file_system)
     except OSError as e:
-        _warn(f"cannot access '{args.snapshots}': {e.strerror}")
-        return "", True
+        warn(f"cannot access '{_report.printable(args.snapshots)}': {e.strerror}")
+        return True
     for msg in report.errors:
-        _warn(msg)
+        warn(msg)
     if args.json:
-        text = _report.as_json(report)
+        emit(_report.as_json(report))
     elif args.prometheus:
-        text = _report.prometheus(report)
+        emit(_report.prometheus(report))
     else:
-        text = _report.table(report, args.unit or "k")
-    return text, bool(report.errors)
+        emit(_report.table(report, args.unit or "k"))
+    return bool(report.errors)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run snapshot-du with *argv* (default: sys.argv[1:]); returns the exit status."""
+    errors = _Errors()
+    try:
+        return _main(argv, errors)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as du does
+        _output.quiet_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for du
+    finally:
+        errors.close()
+
+
+def _main(argv: Optional[List[str]], warn) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.snapshots is None and not args.paths:
-        parser.error("give PATHs or --snapshots BASE")
     if args.snapshots is not None and args.paths:
         parser.error("--snapshots BASE takes no PATHs")
+    if args.snapshots == "":
+        parser.error("--snapshots needs a directory")
     if args.prometheus and args.snapshots is None:
         parser.error("--prometheus goes with --snapshots BASE")
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
-    text, failed = _snapshots_mode(args) if args.snapshots is not None else _paths_mode(args)
-    if args.output:
-        try:
-            atomic_write(args.output, text.encode("utf-8", "surrogateescape"),
-                         "." + os.path.basename(args.output) + ".tmp.")
-        except OSError as e:
-            _warn(f"cannot write '{args.output}': {e.strerror}")
-            return 1
+    if args.output == "":
+        parser.error("-o needs a file name")
+    if args.snapshots is None and not args.paths:
+        args.paths = ["."]
+    if args.output is not None:  # all at once, then one atomic write
+        chunks: List[str] = []
+        emit = chunks.append
     else:
-        sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
-        sys.stdout.flush()
+        try:
+            out = _output.Stdout()
+        except OSError as e:
+            warn(f"cannot write to standard output: {e.strerror}")
+            return 1
+
+        def emit(text: str) -> None:
+            try:
+                out.write(text.encode("utf-8", "surrogateescape"))
+                out.flush()
+            except BrokenPipeError:
+                raise
+            except (OSError, ValueError) as e:  # ValueError: stdout was closed
+                raise _OutputFailed("standard output") from e
+    try:
+        mode = _snapshots_mode if args.snapshots is not None else _paths_mode
+        failed = mode(args, warn, emit)
+        if args.output is not None:
+            try:
+                _output.write_file(args.output, "".join(chunks).encode("utf-8", "surrogateescape"))
+            except OSError as e:
+                raise _OutputFailed(f"'{_report.printable(args.output)}'") from e
+    except _OutputFailed as f:
+        cause = f.__cause__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        warn(f"cannot write to {f}: {reason}")
+        return 1
     return 1 if failed else 0
 
 
