@@ -55,3 +55,16 @@ def test_usr(benchmark, big_tree, impl):
     expected = snapshot.dir_size(*big_tree)
     assert _pydu.dir_size(*big_tree) == snapshot.usage(path, workers=2).allocated == expected
     assert benchmark.pedantic(fn, rounds=5, iterations=1) == expected
+
+
+@pytest.mark.benchmark(group="report")
+@pytest.mark.parametrize("what", ["dir_sizes", "report"])
+def test_fleet_report(benchmark, fleet, fleet_total, what):
+    """The fleet report against dir_sizes on the same base (benchmarks/report.py compares them on 60,000)."""
+    from snapshot import _report
+    base, names = fleet
+    report = _report.build(base)
+    assert sum(r.totals[0] for r in report.rows) == fleet_total and not report.errors
+    fn = {"dir_sizes": lambda: sum(snapshot.dir_sizes(base).values()),
+          "report": lambda: len(_report.table(_report.build(base), "k"))}[what]
+    benchmark(fn)

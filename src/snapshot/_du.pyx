@@ -178,7 +178,7 @@ cdef extern from *:
     void snap_timedwait(pthread_cond_t *c, pthread_mutex_t *m, long ms) nogil
     long snap_nofile() nogil
     int snap_fs_identity(int fd, uint64_t *out) nogil
-    enum: DT_DIR, DT_UNKNOWN
+    enum: DT_DIR, DT_REG, DT_UNKNOWN
 
 cdef int F_UNIQUE = UNIQUE_INODES
 cdef int F_ONE_FS = ONE_FILE_SYSTEM
@@ -212,6 +212,9 @@ cdef enum:
     # file_shared's besides 0 and an errno.
     CHANGED = -4      # not the file that was counted any more: skip it
     UNMAPPED = -5     # under another process's lease: its extents cannot be read now
+    # open_listed_meta's besides 0 and an errno.
+    VANISHED = -6     # gone since it was listed: skip it
+    FALLBACK = -7     # take the general path: fstatat, then snapshot_file
     # Totals.meta_state
     META_ABSENT = 0
     META_READ = 1
@@ -219,6 +222,7 @@ cdef enum:
     META_FAILED = 3
 
 cdef int DIR_FLAGS = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY
+cdef int META_FLAGS = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC  # as _meta._READ_FLAGS
 
 # Threads: at most this many per CPU the process may use, and never more than MAX_THREADS.
 THREADS_PER_CPU = 4
@@ -880,12 +884,9 @@ cdef int snapshot_file(Part *p, int dirfd, const char *name, const struct_stat *
 cdef int read_meta_file(Totals *t, int dirfd, const char *name) noexcept nogil:
     """Read dirfd/name as _meta.read_meta does: never following a symlink, never
     blocking, only a regular file, at most META_MAX bytes.  0, or ENOMEM."""
-    cdef int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+    cdef int fd = openat(dirfd, name, META_FLAGS)
     cdef struct_stat st
-    cdef size_t cap, n = 0
-    cdef long got
-    cdef char *buf
-    cdef char *grown
+    cdef int e
     if fd < 0:
         if errno == ELOOP:  # replaced by a symlink since it was stat'ed
             meta_refused(t, S_IFLNK, 0)
@@ -898,14 +899,42 @@ cdef int read_meta_file(Totals *t, int dirfd, const char *name) noexcept nogil:
         t.meta_err = errno
         close(fd)
         return 0
+    e = read_meta_fd(t, fd, &st)
+    close(fd)
+    return e
+
+
+cdef int open_listed_meta(Part *p, int dirfd, const char *name, struct_stat *st) noexcept nogil:
+    """rootfs.meta that getdents listed as a regular file: open it, and fstat the
+    descriptor, which both stats it for counting and checks it, one call fewer than
+    fstatat then open (the window in which it could be swapped is the same).
+    0: *st* filled and the file read or refused; VANISHED; or FALLBACK: fstatat it
+    and take the general path (snapshot_file), which reports what it is; or ENOMEM."""
+    cdef int fd = openat(dirfd, name, META_FLAGS)
+    cdef int e
+    if fd < 0:
+        return VANISHED if errno == ENOENT or errno == ENOTDIR else FALLBACK
+    if fstat(fd, st) != 0:
+        close(fd)
+        return FALLBACK
+    e = read_meta_fd(&p.t, fd, st)
+    close(fd)
+    return e
+
+
+cdef int read_meta_fd(Totals *t, int fd, const struct_stat *st) noexcept nogil:
+    """The open rootfs.meta whose fstat is *st*: refused unless a regular file of at
+    most META_MAX bytes, else read whole.  0, or ENOMEM."""
+    cdef size_t cap, n = 0
+    cdef long got
+    cdef char *buf
+    cdef char *grown
     if not S_ISREG(st.st_mode) or st.st_size > META_MAX:
         meta_refused(t, st.st_mode, st.st_size)
-        close(fd)
         return 0
     cap = <size_t>st.st_size + 1  # one byte more than its size: a file that does not change is read at once
     buf = <char *>malloc(cap)
     if buf == NULL:
-        close(fd)
         return ENOMEM
     while True:
         got = read(fd, buf + n, cap - n)
@@ -913,7 +942,6 @@ cdef int read_meta_file(Totals *t, int dirfd, const char *name) noexcept nogil:
             t.meta_state = META_FAILED
             t.meta_err = errno
             free(buf)
-            close(fd)
             return 0
         if got == 0:
             break
@@ -923,17 +951,14 @@ cdef int read_meta_file(Totals *t, int dirfd, const char *name) noexcept nogil:
         if <int64_t>n > META_MAX:  # it grew while we read
             meta_refused(t, st.st_mode, <int64_t>n)
             free(buf)
-            close(fd)
             return 0
         if n == cap:
             cap = min(cap * 2, <size_t>META_MAX + 1)
             grown = <char *>realloc(buf, cap)
             if grown == NULL:
                 free(buf)
-                close(fd)
                 return ENOMEM
             buf = grown
-    close(fd)
     t.meta_state = META_READ
     t.meta_buf = buf
     t.meta_len = n
@@ -997,6 +1022,7 @@ cdef void read_dir(Part *p, Node *n) noexcept nogil:
     cdef size_t nkids
     cdef int e = 0, one_fs = w.flags & F_ONE_FS
     cdef int snapshot_files = (w.flags & F_SNAPSHOT) and n.parent == NULL
+    cdef int listed_meta
     while True:
         # Every chunk counts too, so that walks of empty directories (a batch of
         # tiny snapshots) still look at signals.
@@ -1035,16 +1061,27 @@ cdef void read_dir(Part *p, Node *n) noexcept nogil:
                 if e:
                     break
                 continue
-            if fstatat(n.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0:
-                e = errno
-                if e == ENOENT or e == ENOTDIR:
+            listed_meta = snapshot_files and dtype == DT_REG and strcmp(name, META_NAME) == 0
+            if listed_meta:
+                e = open_listed_meta(p, n.fd, name, &st)
+                if e == VANISHED:
                     e = 0
-                    continue  # vanished meanwhile
-                break
-            if snapshot_files:
-                e = snapshot_file(p, n.fd, name, &st)
-                if e:
+                    continue
+                listed_meta = e == 0
+                if e > 0:
                     break
+                e = 0
+            if not listed_meta:
+                if fstatat(n.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0:
+                    e = errno
+                    if e == ENOENT or e == ENOTDIR:
+                        e = 0
+                        continue  # vanished meanwhile
+                    break
+                if snapshot_files:
+                    e = snapshot_file(p, n.fd, name, &st)
+                    if e:
+                        break
             if S_ISDIR(st.st_mode):
                 if one_fs and <uint64_t>st.st_dev != w.root_dev:
                     continue  # another filesystem: not entered, not counted

@@ -71,6 +71,14 @@ def printable(s: str) -> str:
     return "".join(_escape_char(c) for c in s)
 
 
+def _printable_all(values: list) -> list:
+    """printable() of each, checked once for the whole column in the usual case."""
+    joined = "".join(values)
+    if joined.isprintable() and "\\" not in joined:
+        return values
+    return [printable(v) for v in values]
+
+
 def _escape_char(c: str) -> str:
     short = _SHORT.get(c)
     if short is not None:
@@ -135,7 +143,7 @@ class Report:
 
     def total(self, attr: str) -> Optional[int]:
         values = self.column(attr)
-        return None if any(v is None for v in values) else sum(values)
+        return None if None in values else sum(values)
 
 
 def _minus_allocated(row: Row) -> int:
@@ -186,35 +194,56 @@ def table(report: Report, unit: str) -> str:
     rows = report.rows
     fmt = _UNITS[unit]
 
-    def sizes(values) -> list:
-        if unit == "k":  # the default, and most of the cost: no call per value
-            return ["" if v is None else str((v + 1023) >> 10) for v in values]
-        return ["" if v is None else fmt(v) for v in values]
+    def sizes(head: str, values: list, last: str) -> tuple:
+        """(cells, width).  Cells may be ints: "%s" converts them in C, much cheaper
+        than str() per value, and the widest int is the largest."""
+        cells: list
+        if unit == "h":
+            cells = ["" if v is None else human(v) for v in values]
+            return [head, *cells, last], max(map(len, [head, *cells, last]))
+        if unit == "k":  # du's default unit, 1024-byte blocks rounded up
+            cells = [-1 if v is None else (v + 1023) >> 10 for v in values]
+        else:
+            cells = [-1 if v is None else v for v in values]
+        widest = max(len(head), len(last), len(str(max(cells, default=0))))
+        if -1 in cells:  # a missing file: a blank cell
+            cells = ["" if c == -1 else c for c in cells]
+        return [head, *cells, last], widest
+
+    def text(head: str, values: list, last: str) -> tuple:
+        cells = [head, *values, last]
+        return cells, max(map(len, cells))
+
+    def number(head: str, values: list) -> tuple:
+        """An int column ("" where there is no metadata), converted by "%s" in C."""
+        ints = [v for v in values if v != ""] if "" in values else values
+        widest = max([len(head), *(len(str(f(ints))) for f in (min, max) if ints)])
+        return [head, *values, ""], widest
 
     def total(values) -> str:
-        return fmt(sum(v for v in values if v is not None))
+        return fmt(sum(filter(None, values)))
 
     walked = [r.totals for r in rows]
     metas = [r.meta or _NO_META for r in rows]
     files = [[t[i] for t in walked] for i in (7, 8, 9)]
     cols = [
-        ["SNAPSHOT", *(printable(r.name) for r in rows), f"total ({len(rows)})"],
-        ["ALLOCATED", *sizes(report.column("allocated")), format_size(report.total("allocated"), unit)],
-        ["APPARENT", *sizes(report.column("apparent")), format_size(report.total("apparent"), unit)],
-        ["MEMORY", *sizes(files[0]), total(files[0])],
-        ["COW", *sizes(files[1]), total(files[1])],
-        ["ROOTFS", *sizes(files[2]), total(files[2])],
-        ["BASE_TEMPLATE", *(printable(m[0]) for m in metas), ""],
-        ["VCPUS", *(str(m[2]) for m in metas), ""],
-        ["MEMORY_MB", *(str(m[3]) for m in metas), ""],
+        text("SNAPSHOT", _printable_all([r.name for r in rows]), f"total ({len(rows)})"),
+        sizes("ALLOCATED", report.column("allocated"), format_size(report.total("allocated"), unit)),
+        sizes("APPARENT", report.column("apparent"), format_size(report.total("apparent"), unit)),
+        sizes("MEMORY", files[0], total(files[0])),
+        sizes("COW", files[1], total(files[1])),
+        sizes("ROOTFS", files[2], total(files[2])),
+        text("BASE_TEMPLATE", _printable_all([m[0] for m in metas]), ""),
+        number("VCPUS", [m[2] for m in metas]),
+        number("MEMORY_MB", [m[3] for m in metas]),
     ]
     if report.shared:
-        cols.append(["SHARED", *sizes(report.column("shared")), format_size(report.shared_physical, unit)])
-        cols.append(["EXCLUSIVE", *sizes(report.column("exclusive")),
-                     format_size(report.total("exclusive"), unit)])
-    line = "  ".join(f"%{'-' if i in (0, 6) else ''}{max(map(len, col))}s" for i, col in enumerate(cols))
+        cols.append(sizes("SHARED", report.column("shared"), format_size(report.shared_physical, unit)))
+        cols.append(sizes("EXCLUSIVE", report.column("exclusive"), format_size(report.total("exclusive"), unit)))
+    line = "  ".join(f"%{'-' if i in (0, 6) else ''}{width}s" for i, (_, width) in enumerate(cols))
     # Only a row whose last cell is blank (no metadata, the total) would end in spaces.
-    return "".join([line % cells + "\n" if cells[-1] else (line % cells).rstrip() + "\n" for cells in zip(*cols)])
+    return "".join([line % cells + "\n" if cells[-1] != "" else (line % cells).rstrip() + "\n"
+                    for cells in zip(*(cells for cells, _ in cols))])
 
 
 _NO_META = ("", "", "", "")  # a snapshot without metadata: blank cells (str("") is "")
