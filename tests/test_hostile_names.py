@@ -103,7 +103,8 @@ def _between_marks(log: str, mark: str) -> dict:
         elif f'"{mark}-end-' in line:
             current = None
         elif current is not None and "resumed>" not in line and "+++" not in line and "---" not in line:
-            out[current].append(line)
+            if "MAP_ANONYMOUS" not in line:  # memory (the sanitizer's allocator maps some), not a file
+                out[current].append(line)
     return out
 
 
