@@ -1,4 +1,4 @@
-"""Build the compiled walker, snapshot._du.
+"""Build the compiled walker, snapshot._du, and the zero-block scan, snapshot._blocks.
 
 On Linux the extension is required (it uses fts(3) and the FIEMAP ioctl): a
 failed build fails the install instead of silently leaving the slow walker.
@@ -24,11 +24,12 @@ if sys.platform.startswith("linux"):
     ext_modules = cythonize(
         [
             Extension(
-                "snapshot._du",
-                ["src/snapshot/_du.pyx"],
+                f"snapshot.{name}",
+                [f"src/snapshot/{name}.pyx"],
                 extra_compile_args=cflags,
                 extra_link_args=ldflags + ["-pthread"],
             )
+            for name in ("_du", "_blocks")
         ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     )

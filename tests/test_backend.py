@@ -14,7 +14,8 @@ def test_compiled_walker_is_used_on_linux():
     assert _size._impl is _du
 
 
-PUBLIC = {"BACKEND", "CH_CONFIG_FILE", "CH_MEM_RANGES_FILE", "CH_STATE_FILE", "MetaError", "ROOTFS_COW_NAME",
+PUBLIC = {"BlockUsage", "Sparsified", "data_ranges", "scan_blocks", "sparsify",
+          "BACKEND", "CH_CONFIG_FILE", "CH_MEM_RANGES_FILE", "CH_STATE_FILE", "MetaError", "ROOTFS_COW_NAME",
           "ROOTFS_FILE_NAME", "ROOTFS_META_NAME", "RootfsMeta", "Usage", "cow_path", "dir_path", "dir_size",
           "dir_sizes", "ensure_dir", "meta_path", "read_meta", "remove", "rootfs_path", "usage", "write_meta",
           "__version__"}
