@@ -97,13 +97,14 @@ class Row:
     """One snapshot: its walk's tuple (see _size.snapshot_walks) and its rootfs.meta
     fields.  Properties name what the tuple holds; the renderers read it column by column."""
 
-    __slots__ = ("name", "totals", "shared", "meta")
+    __slots__ = ("name", "totals", "shared", "meta", "zero")
 
     def __init__(self, name: str, walked: tuple, shared: bool, meta: Optional[tuple]) -> None:
         self.name = name
         self.totals = walked
         self.shared = shared
         self.meta = meta  # (base_template, template_id, vcpus, memory_mb), or None without a readable file
+        self.zero: Optional[int] = None  # with zero=True: allocated bytes in all-zero blocks (scan_blocks)
 
     @property
     def usage(self) -> Usage:
@@ -127,6 +128,7 @@ class Report:
         self.rows: List[Row] = []
         self.errors: List[str] = []
         self.shared_physical: Optional[int] = None
+        self.zero = False  # rows carry .zero
 
     def column(self, attr: str) -> list:
         """One Usage field of every row: allocated, apparent, shared or exclusive."""
@@ -135,6 +137,8 @@ class Report:
             return [r.totals[0] for r in rows]
         if attr == "apparent":
             return [r.totals[1] for r in rows]
+        if attr == "zero":
+            return [r.zero for r in rows]
         if not self.shared:
             return [None] * len(rows)
         if attr == "shared":
@@ -151,7 +155,7 @@ def _minus_allocated(row: Row) -> int:
 
 
 def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
-          count_links: bool = True, one_file_system: bool = False) -> Report:
+          count_links: bool = True, one_file_system: bool = False, zero: bool = False) -> Report:
     report = Report(os.fsdecode(base), shared)
     names = snapshot_names(base)
     results, physical = snapshot_walks(base, names, workers=workers, shared_extents=shared,
@@ -176,6 +180,11 @@ def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
             except OSError as e:
                 errors.append(f"cannot read '{printable(os.fsdecode(e.filename))}': {e.strerror}")
         rows.append(Row(name, r, shared, meta))
+    if zero:
+        from ._sparse import zero_bytes  # only here: most reports do not read data
+        report.zero = True
+        for row, z in zip(rows, zero_bytes([os.fsencode(f"{prefix}{r.name}") for r in rows], workers=workers)):
+            row.zero = z
     # Names come sorted, and the sort is stable: equal sizes stay in name order.
     rows.sort(key=_minus_allocated)
     return report
@@ -240,6 +249,9 @@ def table(report: Report, unit: str) -> str:
     if report.shared:
         cols.append(sizes("SHARED", report.column("shared"), format_size(report.shared_physical, unit)))
         cols.append(sizes("EXCLUSIVE", report.column("exclusive"), format_size(report.total("exclusive"), unit)))
+    if report.zero:
+        zeros = [r.zero for r in rows]
+        cols.append(sizes("ZERO", zeros, total(zeros)))
     line = "  ".join(f"%{'-' if i in (0, 6) else ''}{width}s" for i, (_, width) in enumerate(cols))
     # Only a row whose last cell is blank (no metadata, the total) would end in spaces.
     return "".join([line % cells + "\n" if cells[-1] != "" else (line % cells).rstrip() + "\n"
@@ -272,12 +284,16 @@ def as_json(report: Report) -> str:
                  base_template=r.base_template, vcpus=r.vcpus, memory_mb=r.memory_mb)
         if report.shared:
             d.update(shared=u.shared, exclusive=u.exclusive, shared_physical=u.shared_physical)
+        if report.zero:
+            d["zero"] = r.zero
         return d
     total = {"snapshots": len(report.rows), "allocated": report.total("allocated"),
              "apparent": report.total("apparent")}
     if report.shared:
         total.update(shared=report.total("shared"), exclusive=report.total("exclusive"),
                      shared_physical=report.shared_physical)
+    if report.zero:
+        total["zero"] = _sum(r.zero for r in report.rows)
     doc: dict = {}
     _json_name(doc, "base", report.base)
     doc.update(snapshots=[row(r) for r in report.rows], total=total, errors=report.errors)
@@ -297,11 +313,15 @@ def prometheus(report: Report) -> str:
         metrics += [("snapshot_shared_bytes", "shared",
                      "Allocated bytes in extents shared with other files (reflinks)."),
                     ("snapshot_exclusive_bytes", "exclusive", "Allocated bytes in extents not shared.")]
+    if report.zero:
+        metrics.append(("snapshot_zero_bytes", "zero",
+                        "Allocated bytes in blocks that hold only zeros (what sparsify frees)."))
     labels = [_label(r.name) for r in report.rows]
     out = []
     for metric, attr, doc in metrics:
         out += [f"# HELP {metric} {doc}", f"# TYPE {metric} gauge"]
-        out += [f'{metric}{{snapshot="{label}"}} {v}' for label, v in zip(labels, report.column(attr))]
+        out += [f'{metric}{{snapshot="{label}"}} {v}' for label, v in zip(labels, report.column(attr))
+                if v is not None]  # a snapshot that could not be scanned has no zero figure
     if report.shared:
         out += ["# HELP snapshot_set_shared_bytes Bytes on disk in shared extents of all snapshots, each counted once.",
                 "# TYPE snapshot_set_shared_bytes gauge", f"snapshot_set_shared_bytes {report.shared_physical}"]

@@ -1,7 +1,7 @@
 """snapshot-du: du -s for snapshot directories, with a fleet report.
 
-    snapshot-du [-s] [-h|-b] [--apparent-size] [-l] [-x] [-c] [--shared] [--json] [-j N] [PATH...]
-    snapshot-du --snapshots BASE [-h|-b] [--shared] [--json|--prometheus] [-o FILE]
+    snapshot-du [-s] [-h|-b] [--apparent-size] [-l] [-x] [-c] [--shared] [--zero] [--json] [-j N] [PATH...]
+    snapshot-du --snapshots BASE [-h|-b] [--shared] [--zero] [--json|--prometheus] [-o FILE]
 
 Sizes count non-directories only, as snapshot.dir_size does (du -s also counts
 the directories' own blocks).  No PATH means ".".  Exit status: 0; 1 if
@@ -18,6 +18,7 @@ from typing import List, Optional
 
 from . import _output, _report
 from ._size import default_workers, usage
+from ._sparse import scan_blocks
 from ._version import __version__
 
 PROG = "snapshot-du"
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshots", metavar="BASE", help="a table of every snapshot directory in BASE")
     p.add_argument("--shared", action="store_true",
                    help="also report bytes in shared (reflinked) extents and exclusive bytes, from FIEMAP")
+    p.add_argument("--zero", action="store_true",
+                   help="also report allocated bytes in blocks of only zeros (what snapshot-sparsify frees); "
+                        "reads the data")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON document, sizes in bytes")
     fmt.add_argument("--prometheus", action="store_true",
@@ -87,7 +91,7 @@ def _paths_mode(args, warn, emit) -> bool:
     unit = args.unit or "k"
     failed = False
     records = []
-    total = total_shared = total_exclusive = 0
+    total = total_shared = total_exclusive = total_zero = 0
     workers = default_workers() if args.workers is None else args.workers
     for path in args.paths:
         try:
@@ -105,10 +109,22 @@ def _paths_mode(args, warn, emit) -> bool:
             total_shared += u.shared or 0
             total_exclusive += u.exclusive or 0
             cols += [_report.format_size(u.shared, unit), _report.format_size(u.exclusive, unit)]
+        zero = None
+        if args.zero:
+            try:
+                zero = scan_blocks(path, workers=workers).zero
+            except OSError as e:
+                shown = path if e.filename is None else os.fsdecode(e.filename)
+                warn(f"cannot read '{_report.printable(shown)}': {e.strerror}")
+                failed = True
+            total_zero += zero or 0
+            cols.append(_report.format_size(zero, unit))
         if args.json:
             record: dict = {}
             _report._json_name(record, "path", path)
             record.update(size=size, **vars(u))
+            if args.zero:
+                record["zero"] = zero
             records.append(record)
         else:
             emit("\t".join(cols + [path]) + "\n")  # as du prints it: the caller's own text
@@ -116,11 +132,15 @@ def _paths_mode(args, warn, emit) -> bool:
         doc = {"size": "apparent" if apparent else "allocated", "paths": records, "total": total}
         if args.shared:
             doc.update(total_shared=total_shared, total_exclusive=total_exclusive)
+        if args.zero:
+            doc["total_zero"] = total_zero
         emit(json.dumps(doc, indent=1) + "\n")
     elif args.total:
         cols = [_report.format_size(total, unit)]
         if args.shared:  # each column's total is the sum of the rows above it
             cols += [_report.format_size(total_shared, unit), _report.format_size(total_exclusive, unit)]
+        if args.zero:
+            cols.append(_report.format_size(total_zero, unit))
         emit("\t".join(cols + ["total"]) + "\n")
     return failed
 
@@ -128,7 +148,7 @@ def _paths_mode(args, warn, emit) -> bool:
 def _snapshots_mode(args, warn, emit) -> bool:
     try:
         report = _report.build(args.snapshots, workers=args.workers, shared=args.shared,
-                               count_links=args.count_links, one_file_system=args.one_file_system)
+                               count_links=args.count_links, one_file_system=args.one_file_system, zero=args.zero)
     except OSError as e:
         warn(f"cannot access '{_report.printable(args.snapshots)}': {e.strerror}")
         return True

@@ -1,0 +1,125 @@
+"""snapshot-sparsify and snapshot-du --zero, as commands."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import snapshot
+from snapshot import cli, cli_sparsify
+from test_blocks import allocated, mixed_file, sha256
+
+
+def run(main, args, capsys):
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    base = tmp_path / "base"
+    for i, name in enumerate(["vm1", "vm2"]):
+        (base / name).mkdir(parents=True)
+        mixed_file(base / name / snapshot.CH_MEM_RANGES_FILE, (8 + 4 * i) << 20)
+        (base / name / snapshot.CH_CONFIG_FILE).write_text("{}")
+    return base
+
+
+def test_dry_run_then_real_run(fleet, capsys):
+    f = fleet / "vm1" / snapshot.CH_MEM_RANGES_FILE
+    before, digest = allocated(f), sha256(f)
+    zero = snapshot.scan_blocks(fleet / "vm1").zero
+    rc, out, err = run(cli_sparsify.main, ["-n", fleet / "vm1"], capsys)
+    assert (rc, err) == (0, "") and out == f"{-(-zero // 1024)}\t{fleet / 'vm1'}\n"
+    assert (allocated(f), sha256(f)) == (before, digest)
+    rc, out, err = run(cli_sparsify.main, ["-j", "2", fleet / "vm1", fleet / "vm2"], capsys)
+    freed = int(out.splitlines()[0].split("\t")[0]) * 1024
+    assert rc == 0 and 0 < before - allocated(f) <= freed < before - allocated(f) + 1024
+    assert sha256(f) == digest and snapshot.scan_blocks(fleet).zero == 0
+    rc, out, _ = run(cli_sparsify.main, ["-h", fleet], capsys)
+    assert out == f"0\t{fleet}\n"
+
+
+def test_a_refused_file_is_exit_1_and_the_others_are_done(fleet, capsys):
+    held = fleet / "vm1" / snapshot.CH_MEM_RANGES_FILE
+    code = "import sys, time; f = open(sys.argv[1], 'rb'); print('ready', flush=True); time.sleep(600)"
+    p = subprocess.Popen([sys.executable, "-c", code, str(held)], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    try:
+        rc, out, err = run(cli_sparsify.main, [fleet], capsys)
+    finally:
+        p.kill()
+        p.wait()
+    assert rc == 1
+    assert err == f"snapshot-sparsify: '{held}': another process has it open; not sparsified\n"
+    assert snapshot.scan_blocks(fleet / "vm2").zero == 0 and snapshot.scan_blocks(held).zero > 0
+
+
+def test_progress_line_on_a_terminal_only(fleet, capsys, monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(cli_sparsify, "PROGRESS_AFTER", 0)
+    tty = Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    assert cli_sparsify.main(["-n", "-j", "1", str(fleet)]) == 0
+    assert f"\r{cli_sparsify.PROG}: 1/4 files" in tty.getvalue() and tty.getvalue().endswith("\r\x1b[K")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: nothing
+    assert cli_sparsify.main(["-n", str(fleet)]) == 0 and sys.stderr.getvalue() == ""
+
+
+def test_usage_errors(capsys):
+    for args in ([], ["-j", "0", "/x"], [""], ["--bogus", "/x"]):
+        rc, out, err = run(cli_sparsify.main, args, capsys)
+        assert rc == 2 and "usage:" in err
+
+
+def test_ctrl_c_exits_130_and_leaves_the_files_whole(tmp_path):
+    f = tmp_path / "dense"
+    with open(f, "wb") as h:
+        h.write(os.urandom(1 << 20) * 64)
+        os.fsync(h.fileno())
+    p = subprocess.Popen([sys.executable, "-m", "snapshot.cli_sparsify", "-n", *[str(f)] * 400],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.8)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    assert err == b"snapshot-sparsify: interrupted (the files are whole: only zero blocks were punched)\n"
+
+
+def test_console_script(fleet):
+    exe = os.path.join(os.path.dirname(sys.executable), "snapshot-sparsify")
+    r = subprocess.run([exe, "-n", str(fleet)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.endswith(f"\t{fleet}\n")
+
+
+# ---- snapshot-du --zero -------------------------------------------------------------------------
+
+def test_du_zero_column_in_both_modes(fleet, capsys):
+    from prometheus_client.parser import text_string_to_metric_families
+    zeros = {n: snapshot.scan_blocks(fleet / n).zero for n in ("vm1", "vm2")}
+    rc, out, _ = run(cli.main, ["--zero", "-b", "-c", fleet / "vm1", fleet / "vm2"], capsys)
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert rc == 0 and [r[1] for r in rows] == [str(zeros["vm1"]), str(zeros["vm2"]), str(sum(zeros.values()))]
+    rc, out, _ = run(cli.main, ["--snapshots", fleet, "--zero", "-b"], capsys)
+    lines = out.splitlines()
+    assert lines[0].split()[-1] == "ZERO"
+    assert {line.split()[0]: int(line.split()[-1]) for line in lines[1:-1]} == zeros
+    assert int(lines[-1].split()[-1]) == sum(zeros.values())
+    rc, out, _ = run(cli.main, ["--snapshots", fleet, "--zero", "--json"], capsys)
+    doc = json.loads(out)
+    assert {s["name"]: s["zero"] for s in doc["snapshots"]} == zeros and doc["total"]["zero"] == sum(zeros.values())
+    rc, out, _ = run(cli.main, ["--snapshots", fleet, "--zero", "--prometheus"], capsys)
+    fams = {f.name: f for f in text_string_to_metric_families(out)}
+    assert {s.labels["snapshot"]: s.value for s in fams["snapshot_zero_bytes"].samples} == zeros
+    rc, out, _ = run(cli.main, ["--snapshots", fleet, "-b"], capsys)
+    assert "ZERO" not in out
