@@ -68,3 +68,22 @@ def test_fleet_report(benchmark, fleet, fleet_total, what):
     fn = {"dir_sizes": lambda: sum(snapshot.dir_sizes(base).values()),
           "report": lambda: len(_report.table(_report.build(base), "k"))}[what]
     benchmark(fn)
+
+
+@pytest.fixture(scope="module")
+def memory_file(tmp_path_factory):
+    """A 1 GiB memory file, 5% allocated, half of that zeros (benchmarks/blocks.py's shape)."""
+    from blocks import make_memory_file
+    path = str(tmp_path_factory.mktemp("mem") / "memory-ranges")
+    make_memory_file(path, size=1 << 30)
+    return path
+
+
+@pytest.mark.benchmark(group="zero blocks")
+@pytest.mark.parametrize("impl", ["compiled", "python"])
+def test_scan_blocks(benchmark, memory_file, monkeypatch, impl):
+    from snapshot import _blocks, _pyblocks, _sparse
+    expected = snapshot.scan_blocks(memory_file)
+    monkeypatch.setattr(_sparse, "_impl", {"compiled": _blocks, "python": _pyblocks}[impl])
+    assert snapshot.scan_blocks(memory_file) == expected  # the implementations agree
+    assert benchmark(snapshot.scan_blocks, memory_file) == expected
