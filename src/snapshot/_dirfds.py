@@ -57,6 +57,9 @@ class DirFds:
         self.budget = budget
         self.open_fds = 1
         self.idle: Dict[DirNode, None] = {}  # open, not busy, held: may be closed
+        # Every open node but the root, so close() closes them all, whatever was interrupted
+        # (Ctrl-C can land in any Python call, between an open and its bookkeeping).
+        self.opened: Dict[DirNode, None] = {}
 
     def child(self, parent: DirNode, name: bytes) -> DirNode:
         """A subdirectory to be opened later; it holds its parent's descriptor."""
@@ -83,13 +86,14 @@ class DirFds:
         parent_fd = self.parent_fd(node)
         self.idle.pop(parent, None)  # not closable while we open from it
         try:
-            fd = self._openat(parent_fd, node.name)
+            # Recorded before any other Python call: an interrupt then finds it in self.opened.
+            node.fd = self._openat(parent_fd, node.name)
+            self.opened[node] = None
+            node.busy = True
+            self.open_fds += 1
         finally:
             self._closable(parent)
-        node.fd = fd
-        node.busy = True
-        self.open_fds += 1
-        return fd
+        return node.fd
 
     def parent_fd(self, node: DirNode) -> int:
         """An open descriptor of node's parent, reopened if it was closed."""
@@ -116,11 +120,23 @@ class DirFds:
             self._within_budget()
 
     def close(self) -> None:
-        for node in list(self.idle):
-            self._close(node)
+        """Close every descriptor of the walk.  Ctrl-C can land in any call, this one's
+        loop included: a second pass then finishes the job before the interrupt goes on."""
+        try:
+            self._close_all()
+        finally:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        for node in list(self.opened):
+            if node.fd >= 0:
+                self._close(node)
+            else:  # closed by a pass that was interrupted before its bookkeeping
+                self.opened.pop(node, None)
+                self.idle.pop(node, None)
         if self.root.fd >= 0:
-            os.close(self.root.fd)
-            self.root.fd = -1
+            fd, self.root.fd = self.root.fd, -1
+            os.close(fd)
 
     def close_node(self, node: DirNode) -> None:
         """Close node's descriptor now, whatever holds it (remove closes a directory before rmdir)."""
@@ -128,10 +144,13 @@ class DirFds:
             self._close(node)
 
     def _close(self, node: DirNode) -> None:
-        self.idle.pop(node, None)
-        os.close(node.fd)
-        node.fd = -1
+        # The descriptor first, the bookkeeping after: an interrupt in between leaves a
+        # node marked closed (fd -1), never an open descriptor that nothing records.
+        fd, node.fd = node.fd, -1
+        os.close(fd)
         self.open_fds -= 1
+        self.idle.pop(node, None)
+        self.opened.pop(node, None)
 
     def _within_budget(self) -> None:
         while self.open_fds > self.budget and self._evict():
@@ -189,11 +208,15 @@ class DirFds:
                         raise FileNotFoundError(errno.ENOENT, "moved while walked", self.path(m))
                 if m in keep:
                     m.fd = fd
+                    self.opened[m] = None
                     self.open_fds += 1
                 else:
                     prev_temp = True
                 prev = fd
+            prev_temp = False  # the last one is node itself, kept
         finally:
+            if prev_temp:  # interrupted on the way: the stepping stone is ours to close
+                os.close(prev)
             for m in chain:
                 self._closable(m)
             self._closable(anc)

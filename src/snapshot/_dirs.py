@@ -59,17 +59,19 @@ def remove(base_dir: StrPath, name: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         _remove_entry(os.unlink, path, None)
         return
+    # The tree first, so that the top descriptor is in it the moment it exists (Ctrl-C can
+    # land in any Python call); close() closes it.
+    tree = DirFds(os.fsencode(path), -1, fd_budget(1))
     try:
-        top = os.open(path, _DIR_FLAGS)
-    except OSError as e:
-        if e.errno in _GONE:
-            return
-        if e.errno in _NOT_DIR:
-            _remove_entry(os.unlink, path, None)
-            return
-        raise
-    tree = DirFds(os.fsencode(path), top, fd_budget(1))  # owns top: close() closes it
-    try:
+        try:
+            tree.root.fd = os.open(path, _DIR_FLAGS)
+        except OSError as e:
+            if e.errno in _GONE:
+                return
+            if e.errno in _NOT_DIR:
+                _remove_entry(os.unlink, path, None)
+                return
+            raise
         _remove_contents(tree)
     finally:
         tree.close()

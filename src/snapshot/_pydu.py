@@ -203,21 +203,23 @@ def _walk(path: bytes, flags: int, budget: int) -> _Count:
         raise ValueError("embedded null byte")
     count = _Count(flags)
     root_files = flags & SNAPSHOT_FILES
+    # The tree first, so that the root's descriptor is in it the moment it exists:
+    # Ctrl-C can land in any Python call, and tree.close() then closes it.
+    tree = DirFds(path, -1, budget or fd_budget(1))
     try:
-        root_fd = os.open(path, DIR_FLAGS)
-    except OSError as e:
-        if e.errno != errno.ENOTDIR:  # not a symlink or a file: counted as itself
-            raise _failed(e, path) from None
         try:
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode):  # a directory again: it changed under us
-                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-            count.add(None, path, st)
-        except OSError as e2:
-            raise _failed(e2, path) from None
-        return count
-    tree = DirFds(path, root_fd, budget or fd_budget(1))
-    try:
+            tree.root.fd = root_fd = os.open(path, DIR_FLAGS)
+        except OSError as e:
+            if e.errno != errno.ENOTDIR:  # not a symlink or a file: counted as itself
+                raise _failed(e, path) from None
+            try:
+                st = os.lstat(path)
+                if stat.S_ISDIR(st.st_mode):  # a directory again: it changed under us
+                    raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+                count.add(None, path, st)
+            except OSError as e2:
+                raise _failed(e2, path) from None
+            return count
         root_dev = os.fstat(root_fd).st_dev if flags & ONE_FILE_SYSTEM else None
         count.dirs = 1
         stack = [tree.root]
