@@ -13,7 +13,11 @@ import stat
 
 from ._dirfds import DIR_FLAGS as _DIR_FLAGS
 from ._dirfds import DirFds, DirNode, fd_budget
-from ._paths import StrPath, dir_path
+from ._paths import dir_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # StrPath is for type checkers only: typing costs start-up time (PEP 563)
+    from ._paths import StrPath
 
 _GONE = (errno.ENOENT,)
 _NOT_DIR = (errno.ENOTDIR, errno.ELOOP)  # replaced by a file or a symlink meanwhile

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Union
 
-StrPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
+    from typing import Union
+
+    StrPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 # Cloud Hypervisor snapshot files.
 CH_CONFIG_FILE = "config.json"

@@ -11,15 +11,17 @@ as_json for names that are not UTF-8).
 """
 from __future__ import annotations
 
-import base64
-import json
 import os
-from typing import Callable, Dict, List, Optional
 
 from ._errors import MetaError
-from ._meta import decode_fields, refusal
-from ._paths import ROOTFS_META_NAME, StrPath
-from ._size import Usage, snapshot_names, snapshot_walks, to_usage
+from ._paths import ROOTFS_META_NAME
+from ._size import snapshot_names, snapshot_walks, to_usage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
+    from typing import Callable, Dict, List, Optional
+    from ._paths import StrPath
+    from ._usage import Usage
 
 _SUFFIXES = "KMGTPEZYRQ"
 
@@ -156,6 +158,7 @@ def _minus_allocated(row: Row) -> int:
 
 def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
           count_links: bool = True, one_file_system: bool = False, zero: bool = False) -> Report:
+    from ._meta import decode_fields, refusal  # only here: snapshot-du PATH... starts faster without re
     report = Report(os.fsdecode(base), shared)
     names = snapshot_names(base)
     results, physical = snapshot_walks(base, names, workers=workers, shared_extents=shared,
@@ -271,6 +274,7 @@ def _json_name(d: dict, key: str, s: str) -> None:
     except UnicodeEncodeError:
         raw = os.fsencode(s)
         d[key] = raw.decode("utf-8", "replace")
+        import base64  # only here, as json below: start-up time
         d[key + "_bytes"] = base64.b64encode(raw).decode("ascii")
 
 
@@ -297,16 +301,15 @@ def as_json(report: Report) -> str:
     doc: dict = {}
     _json_name(doc, "base", report.base)
     doc.update(snapshots=[row(r) for r in report.rows], total=total, errors=report.errors)
+    import json
     return json.dumps(doc, indent=1) + "\n"
 
 
-def _label(value: str) -> str:
-    """A label value: the name as printable() shows it, then the exposition format's
-    escapes (backslash, double quote, newline), so distinct names stay distinct."""
-    return printable(value).replace("\\", "\\\\").replace('"', '\\"')
-
-
-def prometheus(report: Report) -> str:
+def metric_families(report: Report) -> list:
+    """The Prometheus metrics of a report, as (name, help, samples); each sample is
+    (snapshot label value, or None for an unlabelled metric; value).  Label values are
+    names as printable() shows them, so distinct names stay distinct.  The one list that
+    both snapshot-du --prometheus and snapshot.prometheus.SnapshotCollector expose."""
     metrics = [("snapshot_allocated_bytes", "allocated", "Bytes allocated to the snapshot's files (st_blocks * 512)."),
                ("snapshot_apparent_bytes", "apparent", "Apparent size of the snapshot's files (st_size).")]
     if report.shared:
@@ -316,15 +319,27 @@ def prometheus(report: Report) -> str:
     if report.zero:
         metrics.append(("snapshot_zero_bytes", "zero",
                         "Allocated bytes in blocks that hold only zeros (what sparsify frees)."))
-    labels = [_label(r.name) for r in report.rows]
-    out = []
-    for metric, attr, doc in metrics:
-        out += [f"# HELP {metric} {doc}", f"# TYPE {metric} gauge"]
-        out += [f'{metric}{{snapshot="{label}"}} {v}' for label, v in zip(labels, report.column(attr))
-                if v is not None]  # a snapshot that could not be scanned has no zero figure
+    labels = _printable_all([r.name for r in report.rows])
+    out = [(metric, doc, [(label, v) for label, v in zip(labels, report.column(attr))
+                          if v is not None])  # a snapshot that could not be scanned has no zero figure
+           for metric, attr, doc in metrics]
     if report.shared:
-        out += ["# HELP snapshot_set_shared_bytes Bytes on disk in shared extents of all snapshots, each counted once.",
-                "# TYPE snapshot_set_shared_bytes gauge", f"snapshot_set_shared_bytes {report.shared_physical}"]
-    out += ["# HELP snapshot_count Snapshots sized in the base directory.", "# TYPE snapshot_count gauge",
-            f"snapshot_count {len(report.rows)}"]
+        out.append(("snapshot_set_shared_bytes",
+                    "Bytes on disk in shared extents of all snapshots, each counted once.",
+                    [(None, report.shared_physical)]))
+    out.append(("snapshot_count", "Snapshots sized in the base directory.", [(None, len(report.rows))]))
+    return out
+
+
+def prometheus(report: Report) -> str:
+    """The text exposition format (what node_exporter's textfile collector reads)."""
+    out = []
+    for metric, doc, samples in metric_families(report):
+        out += [f"# HELP {metric} {doc}", f"# TYPE {metric} gauge"]
+        for label, v in samples:
+            if label is None:
+                out.append(f"{metric} {v}")
+            else:  # the format's escapes: backslash, double quote (printable() left no newline)
+                label = label.replace("\\", "\\\\").replace('"', '\\"')
+                out.append(f'{metric}{{snapshot="{label}"}} {v}')
     return "\n".join(out) + "\n"

@@ -8,35 +8,21 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Union
 
-from . import _pydu
-from ._paths import StrPath
 from ._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, SNAPSHOT_FILES, UNIQUE_INODES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
+    from typing import Dict, Iterable, List, Optional, Union
+    from ._paths import StrPath
+    from ._usage import Usage
 
 if sys.platform.startswith("linux"):
     from . import _du as _impl  # must build on Linux: see setup.py
     BACKEND = "openat"
 else:  # pragma: no cover - no such machine here
-    _impl = _pydu
+    from . import _pydu as _impl
     BACKEND = "python"
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What one walk found.  Sizes in bytes, exact (Python ints never wrap)."""
-
-    allocated: int  # st_blocks * 512 over non-directories
-    apparent: int  # st_size over non-directories
-    files: int  # non-directory entries counted
-    dirs: int  # directories walked, the root included
-    shared: Optional[int] = None  # allocated bytes in extents flagged shared
-    exclusive: Optional[int] = None  # allocated - shared
-    shared_physical: Optional[int] = None  # union of shared extents' disk ranges
-    # Regular files whose extents could not be read because another process held
-    # a lease on them (opening would have broken it): their blocks count as exclusive.
-    unmapped_files: Optional[int] = None
 
 
 def dir_size(base_dir: StrPath, name: str) -> int:
@@ -49,11 +35,30 @@ def _flags(count_links: bool, one_file_system: bool, shared_extents: bool) -> in
             | (SHARED_EXTENTS if shared_extents else 0))
 
 
-def to_usage(t: tuple, shared_extents: bool) -> Usage:
+# Usage's fields in order: the CLI's JSON is made of these without making a Usage
+# (dataclasses would cost it start-up time; test_startup checks they stay the same).
+USAGE_FIELDS = ("allocated", "apparent", "files", "dirs", "shared", "exclusive", "shared_physical",
+                "unmapped_files")
+
+
+def usage_values(t: tuple, shared_extents: bool) -> tuple:
+    """A walk's 7 totals as the values of USAGE_FIELDS (None for the FIEMAP ones without it)."""
     allocated, apparent, files, dirs, shared, phys, unmapped = t
     if not shared_extents:
-        return Usage(allocated, apparent, files, dirs)
-    return Usage(allocated, apparent, files, dirs, shared, allocated - shared, phys, unmapped)
+        return (allocated, apparent, files, dirs, None, None, None, None)
+    return (allocated, apparent, files, dirs, shared, allocated - shared, phys, unmapped)
+
+
+def to_usage(t: tuple, shared_extents: bool) -> Usage:
+    from ._usage import Usage  # only here: dataclasses costs start-up time (see __init__)
+    return Usage(*usage_values(t, shared_extents))
+
+
+def walk(path: Union[StrPath, bytes], *, workers: int = 1, count_links: bool = True,
+         one_file_system: bool = False, shared_extents: bool = False) -> tuple:
+    """usage() without the Usage: the walk's 7 totals (see usage_values)."""
+    flags = _flags(count_links, one_file_system, shared_extents)
+    return _impl.walk(os.fsencode(path), flags, _workers(workers, _impl.thread_cap()))
 
 
 def usage(path: Union[StrPath, bytes], *, workers: int = 1, count_links: bool = True,
@@ -62,9 +67,8 @@ def usage(path: Union[StrPath, bytes], *, workers: int = 1, count_links: bool = 
 
     *workers* threads walk the one tree together (at most 4 per CPU); the
     result is the same whatever their number."""
-    flags = _flags(count_links, one_file_system, shared_extents)
-    return to_usage(_impl.walk(os.fsencode(path), flags, _workers(workers, _impl.thread_cap())),
-                     shared_extents)
+    return to_usage(walk(path, workers=workers, count_links=count_links, one_file_system=one_file_system,
+                         shared_extents=shared_extents), shared_extents)
 
 
 def snapshot_names(base_dir: StrPath) -> List[str]:

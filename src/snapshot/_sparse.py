@@ -17,11 +17,14 @@ import os
 import stat
 import sys
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
 
 from . import _pyblocks
 from ._errors import os_error
-from ._paths import StrPath
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
+    from typing import Iterator, List, Optional, Tuple
+    from ._paths import StrPath
 
 if sys.platform.startswith("linux"):
     from . import _blocks as _impl

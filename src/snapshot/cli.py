@@ -11,15 +11,16 @@ usage error; 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from typing import List, Optional
 
 from . import _output, _report
-from ._size import default_workers, usage
-from ._sparse import scan_blocks
+from ._size import USAGE_FIELDS, default_workers, usage_values, walk
 from ._version import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
+    from typing import List, Optional
 
 PROG = "snapshot-du"
 MAX_ERRORS = 20  # error lines printed in full; past them, one line gives the count
@@ -95,22 +96,25 @@ def _paths_mode(args, warn, emit) -> bool:
     workers = default_workers() if args.workers is None else args.workers
     for path in args.paths:
         try:
-            u = usage(path, workers=workers, count_links=args.count_links,
-                      one_file_system=args.one_file_system, shared_extents=args.shared)
+            # The walk's totals, not a Usage: dataclasses would cost more start-up time than the walk.
+            u = dict(zip(USAGE_FIELDS, usage_values(
+                walk(path, workers=workers, count_links=args.count_links, one_file_system=args.one_file_system,
+                     shared_extents=args.shared), args.shared)))
         except OSError as e:
             shown = path if e.filename is None else os.fsdecode(e.filename)
             warn(f"cannot access '{_report.printable(shown)}': {e.strerror}")
             failed = True
             continue
-        size = u.apparent if apparent else u.allocated
+        size = u["apparent"] if apparent else u["allocated"]
         total += size
         cols = [_report.format_size(size, unit)]
         if args.shared:
-            total_shared += u.shared or 0
-            total_exclusive += u.exclusive or 0
-            cols += [_report.format_size(u.shared, unit), _report.format_size(u.exclusive, unit)]
+            total_shared += u["shared"] or 0
+            total_exclusive += u["exclusive"] or 0
+            cols += [_report.format_size(u["shared"], unit), _report.format_size(u["exclusive"], unit)]
         zero = None
         if args.zero:
+            from ._sparse import scan_blocks  # only here: start-up time (README, "Start-up time")
             try:
                 zero = scan_blocks(path, workers=workers).zero
             except OSError as e:
@@ -122,7 +126,7 @@ def _paths_mode(args, warn, emit) -> bool:
         if args.json:
             record: dict = {}
             _report._json_name(record, "path", path)
-            record.update(size=size, **vars(u))
+            record.update(size=size, **u)
             if args.zero:
                 record["zero"] = zero
             records.append(record)
@@ -134,6 +138,7 @@ def _paths_mode(args, warn, emit) -> bool:
             doc.update(total_shared=total_shared, total_exclusive=total_exclusive)
         if args.zero:
             doc["total_zero"] = total_zero
+        import json  # only here: start-up time
         emit(json.dumps(doc, indent=1) + "\n")
     elif args.total:
         cols = [_report.format_size(total, unit)]

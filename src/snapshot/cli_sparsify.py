@@ -15,10 +15,13 @@ import argparse
 import os
 import sys
 import time
-from typing import List, Optional
 
 from . import _pyblocks, _report, _sparse
 from ._version import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
+    from typing import List, Optional
 
 PROG = "snapshot-sparsify"
 PROGRESS_AFTER = 0.5  # seconds before a progress line appears (on a terminal only)
