@@ -1,0 +1,74 @@
+"""A prometheus_client collector for services that already export metrics.
+
+    from prometheus_client import REGISTRY
+    from snapshot.prometheus import SnapshotCollector
+    REGISTRY.register(SnapshotCollector("/srv/snapshots", shared=True))
+
+Each scrape sizes every snapshot directory in the base with one batched walk (the
+fleet report's, on *workers* threads) and exposes the metrics that
+``snapshot-du --snapshots BASE --prometheus`` writes, with the same names, help
+and ``snapshot`` labels (_report.metric_families is the one list of them).
+
+Needs the ``prometheus`` extra: ``pip install 'cloudhv-snapshot[prometheus]'``.
+"""
+from __future__ import annotations
+
+import logging
+
+try:
+    from prometheus_client.core import GaugeMetricFamily
+except ImportError as e:  # pragma: no cover - the extra is installed where this is tested
+    raise ImportError("snapshot.prometheus needs prometheus_client: "
+                      "pip install 'cloudhv-snapshot[prometheus]'", name=e.name) from e
+
+from . import _report
+from ._size import _workers
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
+    from typing import Iterator, Optional
+
+    from ._paths import StrPath
+
+__all__ = ["SnapshotCollector"]
+
+_log = logging.getLogger(__name__)
+
+
+class SnapshotCollector:
+    """Sizes the snapshots in *base_dir* at each scrape; see the module's docstring.
+
+    *shared* adds the reflink metrics (FIEMAP: snapshot_shared_bytes,
+    snapshot_exclusive_bytes, snapshot_set_shared_bytes).  *workers*: threads, by
+    default every CPU.  A base that cannot be listed fails the scrape (the OSError
+    propagates, so Prometheus sees the target fail); a snapshot that cannot be read
+    is left out and logged on the ``snapshot.prometheus`` logger."""
+
+    def __init__(self, base_dir: StrPath, *, shared: bool = False, workers: Optional[int] = None) -> None:
+        if workers is not None:
+            _workers(workers, 1)  # TypeError or ValueError now, not at every scrape
+        self.base_dir = base_dir
+        self.shared = bool(shared)
+        self.workers = workers
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The metric names without sizing anything: registering does not walk the base."""
+        empty = _report.Report("", self.shared)
+        for name, doc, _ in _report.metric_families(empty):
+            yield GaugeMetricFamily(name, doc)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        report = _report.build(self.base_dir, workers=self.workers, shared=self.shared)
+        for msg in report.errors:
+            _log.warning("%s", msg)
+        for name, doc, samples in _report.metric_families(report):
+            if samples and samples[0][0] is None:
+                yield GaugeMetricFamily(name, doc, value=samples[0][1])
+                continue
+            family = GaugeMetricFamily(name, doc, labels=["snapshot"])
+            for label, value in samples:
+                family.add_metric([label], value)
+            yield family
+
+    def __repr__(self) -> str:
+        return f"SnapshotCollector({self.base_dir!r}, shared={self.shared!r}, workers={self.workers!r})"

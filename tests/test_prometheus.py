@@ -1,0 +1,153 @@
+"""snapshot.prometheus.SnapshotCollector, read back through prometheus_client's own
+exposition (generate_latest) and parser, against dir_sizes and snapshot-du --prometheus."""
+import os
+import subprocess
+
+import pytest
+
+import snapshot
+from snapshot import _size, cli
+from snapshot._report import printable
+
+prometheus_client = pytest.importorskip("prometheus_client", reason="the [prometheus] extra is not installed")
+from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from snapshot.prometheus import SnapshotCollector  # noqa: E402
+
+# Names a label must carry exactly: a quote, a backslash, a newline, a byte that is not UTF-8.
+NAMES = ["db-01", 'quote"d', "back\\slash", "new\nline", os.fsdecode(b"vm-\xff"), "vm-\\xff"]
+
+
+def make_base(base):
+    for i, name in enumerate(NAMES):
+        d = base / name
+        d.mkdir(parents=True)
+        with open(d / snapshot.CH_MEM_RANGES_FILE, "wb") as f:
+            f.truncate(1 << 30)  # sparse: apparent size is not allocation
+            f.write(os.urandom(4096 * (i + 1)))
+        (d / snapshot.ROOTFS_COW_NAME).write_bytes(os.urandom(8192 * (6 - i)))
+    snapshot.write_meta(base, "db-01", snapshot.RootfsMeta("debian-12", "tpl-1", 4, 8192))
+    (base / "a-file").write_text("not a snapshot")
+    return base
+
+
+def families(text: str) -> dict:
+    """{metric: (help, type, {label or None: value})} of an exposition."""
+    out = {}
+    for f in text_string_to_metric_families(text):
+        out[f.name] = (f.documentation, f.type,
+                       {s.labels.get("snapshot"): s.value for s in f.samples})
+    return out
+
+
+def scrape(collector) -> dict:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return families(generate_latest(registry).decode("utf-8"))
+
+
+class CountingWalker:
+    """The walker in use, counting the batched walks (walk_many) made through it."""
+
+    def __init__(self, impl) -> None:
+        self.impl = impl
+        self.batches = 0
+
+    def walk_many(self, *args):
+        self.batches += 1
+        return self.impl.walk_many(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.impl, name)
+
+
+def test_each_snapshot_is_its_dir_sizes_value(tmp_path, walker):
+    base = make_base(tmp_path / "base")
+    fams = scrape(SnapshotCollector(base))
+    want = {printable(n): v for n, v in snapshot.dir_sizes(base).items()}
+    assert len(want) == len(NAMES)
+    assert fams["snapshot_allocated_bytes"][2] == want
+    apparent = {printable(n): snapshot.usage(base / n).apparent for n in NAMES}
+    assert fams["snapshot_apparent_bytes"][2] == apparent
+    assert fams["snapshot_count"][2] == {None: len(NAMES)}
+    assert all(t == "gauge" for _, t, _ in fams.values())
+    assert "snapshot_shared_bytes" not in fams
+
+
+def test_same_names_help_labels_and_values_as_snapshot_du(tmp_path, walker, capsys):
+    base = make_base(tmp_path / "base")
+    assert cli.main(["--snapshots", str(base), "--prometheus"]) == 0
+    assert scrape(SnapshotCollector(base)) == families(capsys.readouterr().out)
+
+
+def test_shared_metrics_match_snapshot_du_on_reflinks(xfs, capsys):
+    base = xfs / "base"
+    (base / "tpl").mkdir(parents=True)
+    (base / "vm").mkdir()
+    (base / "tpl" / "rootfs.ext4").write_bytes(os.urandom(4 << 20))
+    subprocess.run(["cp", "--reflink=always", base / "tpl" / "rootfs.ext4", base / "vm" / "rootfs.ext4"], check=True)
+    with open(base / "vm" / "rootfs.ext4", "r+b") as f:
+        f.write(os.urandom(1 << 20))
+    os.sync()
+    fams = scrape(SnapshotCollector(base, shared=True, workers=2))
+    assert fams["snapshot_shared_bytes"][2] == {"tpl": 3 << 20, "vm": 3 << 20}
+    assert fams["snapshot_exclusive_bytes"][2] == {"tpl": 1 << 20, "vm": 1 << 20}
+    assert fams["snapshot_set_shared_bytes"][2] == {None: 3 << 20}
+    assert cli.main(["--snapshots", str(base), "--prometheus", "--shared"]) == 0
+    assert fams == families(capsys.readouterr().out)
+
+
+def test_one_batched_walk_per_scrape_and_none_to_register(tmp_path, walker, monkeypatch):
+    base = make_base(tmp_path / "base")
+    counting = CountingWalker(walker)
+    monkeypatch.setattr(_size, "_impl", counting)
+    registry = CollectorRegistry(auto_describe=True)  # describes at registration, as the default REGISTRY does
+    registry.register(SnapshotCollector(base, shared=True))
+    assert counting.batches == 0
+    for scrapes in (1, 2, 3):
+        generate_latest(registry)
+        assert counting.batches == scrapes
+
+
+def test_describe_names_what_collect_yields(tmp_path):
+    base = make_base(tmp_path / "base")
+    for shared in (False, True):
+        c = SnapshotCollector(base, shared=shared)
+        assert [m.name for m in c.describe()] == [m.name for m in c.collect()]
+
+
+def test_each_scrape_sees_the_base_as_it_is_now(tmp_path):
+    base = make_base(tmp_path / "base")
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(base))
+    before = families(generate_latest(registry).decode())
+    snapshot.remove(base, "db-01")
+    (base / "new").mkdir()
+    (base / "new" / "f").write_bytes(os.urandom(12288))
+    after = families(generate_latest(registry).decode())
+    assert "db-01" in before["snapshot_allocated_bytes"][2]
+    assert "db-01" not in after["snapshot_allocated_bytes"][2]
+    assert after["snapshot_allocated_bytes"][2]["new"] == snapshot.dir_size(base, "new")
+
+
+def test_a_base_that_cannot_be_listed_fails_the_scrape(tmp_path):
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError) as e:
+        generate_latest(registry)
+    assert e.value.filename == str(tmp_path / "missing")
+
+
+def test_a_bad_snapshot_is_logged_and_the_rest_exposed(tmp_path, caplog):
+    base = make_base(tmp_path / "base")
+    (base / "db-01" / snapshot.ROOTFS_META_NAME).write_text("{not json")
+    fams = scrape(SnapshotCollector(base))
+    assert fams["snapshot_count"][2] == {None: len(NAMES)}
+    assert any("bad metadata" in r.getMessage() and r.name == "snapshot.prometheus" for r in caplog.records)
+
+
+@pytest.mark.parametrize("workers, error", [(0, ValueError), (1.5, TypeError), ("2", TypeError), (True, TypeError)])
+def test_bad_workers_are_refused_when_made(tmp_path, workers, error):
+    with pytest.raises(error):
+        SnapshotCollector(tmp_path, workers=workers)
