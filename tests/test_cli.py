@@ -3,6 +3,7 @@ counting rules match (on tmpfs, directories have no blocks, so du -s and
 snapshot-du count the same bytes)."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -284,8 +285,24 @@ def test_version(capsys):
     rc, out, _ = run(["--version"], capsys)
     assert rc == 0 and out == f"snapshot-du {snapshot.__version__}\n"
     import importlib.metadata
-    assert snapshot.__version__ == importlib.metadata.version(importlib.metadata.packages_distributions()
-                                                              ["snapshot"][0])
+    assert snapshot.__version__ == importlib.metadata.version(DISTRIBUTION)
+
+
+DISTRIBUTION = "cloudhv-snapshot"  # the PyPI name ("snapshot" is another project's); README's install line
+
+
+def test_the_distribution_installs_the_snapshot_package_and_both_commands():
+    import importlib.metadata
+    dist = importlib.metadata.distribution(DISTRIBUTION)
+    assert dist.read_text("top_level.txt").split() == ["snapshot"]
+    scripts = {e.name: e.value for e in dist.entry_points if e.group == "console_scripts"}
+    assert scripts == {"snapshot-du": "snapshot.cli:main", "snapshot-sparsify": "snapshot.cli_sparsify:main"}
+    assert dist.metadata["Requires-Python"] == ">=3.9"
+    classifiers = dist.metadata.get_all("Classifier")
+    assert [c.rsplit(" ", 1)[1] for c in classifiers if c.startswith("Programming Language :: Python :: 3.")] == \
+        ["3.9", "3.10", "3.11", "3.12", "3.13"]
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text("utf-8")
+    assert f"pip install {DISTRIBUTION}" in readme and f"pip install '{DISTRIBUTION}[prometheus]'" in readme
 
 
 def test_no_path_means_the_working_directory(tmp_path, capsys, monkeypatch):
