@@ -151,3 +151,14 @@ def test_a_bad_snapshot_is_logged_and_the_rest_exposed(tmp_path, caplog):
 def test_bad_workers_are_refused_when_made(tmp_path, workers, error):
     with pytest.raises(error):
         SnapshotCollector(tmp_path, workers=workers)
+
+
+def test_without_the_extra_the_import_error_names_it():
+    """prometheus_client is optional: without it, importing the collector says what to install,
+    and the rest of snapshot works."""
+    import sys
+    code = ("import sys; sys.modules['prometheus_client'] = None\n"
+            "import snapshot; assert snapshot.dir_sizes('.', []) == {}\n"
+            "try:\n    import snapshot.prometheus\nexcept ImportError as e:\n    print(e, '|', e.name)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'cloudhv-snapshot[prometheus]'" in out and out.strip().endswith("| prometheus_client")

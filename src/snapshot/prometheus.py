@@ -17,9 +17,11 @@ import logging
 
 try:
     from prometheus_client.core import GaugeMetricFamily
-except ImportError as e:  # pragma: no cover - the extra is installed where this is tested
+except ImportError as e:
+    if not (e.name or "").startswith("prometheus_client"):
+        raise  # it is installed, and broken: its own error says more
     raise ImportError("snapshot.prometheus needs prometheus_client: "
-                      "pip install 'cloudhv-snapshot[prometheus]'", name=e.name) from e
+                      "pip install 'cloudhv-snapshot[prometheus]'", name="prometheus_client") from e
 
 from . import _report
 from ._size import _workers
