@@ -234,3 +234,30 @@ def make_deep(root: bytes, levels: int, name_len: int = 200) -> tuple:
     finally:
         os.close(fd)
     return allocated, levels, 1 + 2 * levels
+
+
+class Lying(str):
+    """A str whose Python-level methods lie about what it holds."""
+
+    def __eq__(self, other):
+        return False
+
+    def __ne__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+    def __contains__(self, item):
+        return False
+
+    def __len__(self):
+        return 3
+
+    def __bool__(self):
+        return True
+
+    def encode(self, *args, **kwargs):
+        return b"safe"
+
+    def __str__(self):
+        return "safe"

@@ -5,7 +5,7 @@ import stat
 import pytest
 
 import snapshot
-from conftest import as_nobody
+from conftest import Lying, as_nobody
 
 
 def test_ensure_dir_creates_parents_and_returns_path(tmp_path):
@@ -108,8 +108,9 @@ def test_remove_read_only_entries_as_root_or_owner(tmp_path):
     assert not os.path.lexists(d)
 
 
-def test_remove_read_only_entries_as_unprivileged_owner(arena):
-    """Root bypasses permission bits; the owner of a read-only tree does not."""
+def _readonly_tree_of_nobody(arena):
+    """(descriptor of the arena, the snapshot "vm") of a read-only tree in arena/owned,
+    owned by user nobody, for as_nobody to remove."""
     path, fd = arena
     base = path / "owned"
     base.mkdir()
@@ -118,6 +119,12 @@ def test_remove_read_only_entries_as_unprivileged_owner(arena):
         for root, dirs, files in os.walk(base):
             for n in dirs + files + ["."]:
                 os.lchown(os.path.join(root, n), 65534, 65534)
+    return fd, d
+
+
+def test_remove_read_only_entries_as_unprivileged_owner(arena):
+    """Root bypasses permission bits; the owner of a read-only tree does not."""
+    fd, d = _readonly_tree_of_nobody(arena)
     as_nobody(snapshot.remove, "owned", "vm", cwd_fd=fd)
     assert not os.path.lexists(d)
 
@@ -143,19 +150,6 @@ def test_ensure_dir_relative_base_that_does_not_exist_yet(tmp_path, monkeypatch)
     assert (tmp_path / "vm2").is_dir()
     assert snapshot.ensure_dir(b"", "vm3") == b"vm3"
     assert (tmp_path / "vm3").is_dir()
-
-
-class Lying(str):
-    def __eq__(self, other):
-        return False
-
-    __hash__ = str.__hash__
-
-    def __contains__(self, item):
-        return False
-
-    def __len__(self):
-        return 4
 
 
 @pytest.mark.parametrize("value", ["..", ".", ""])
@@ -212,14 +206,7 @@ def test_remove_closes_the_top_descriptor_when_listing_it_fails(tmp_path):
 def test_remove_without_o_path_or_proc(arena, monkeypatch):
     """Where there is no O_PATH and no /proc (not Linux), an unreadable directory
     inside is still made usable and removed, without either."""
-    path, fd = arena
-    base = path / "owned"
-    base.mkdir()
-    d = _readonly_tree(base)
-    if os.geteuid() == 0:
-        for root, dirs, files in os.walk(base):
-            for n in dirs + files + ["."]:
-                os.lchown(os.path.join(root, n), 65534, 65534)
+    fd, d = _readonly_tree_of_nobody(arena)
     monkeypatch.delattr(os, "O_PATH")
     real_open, real_chmod = os.open, os.chmod
 

@@ -3,6 +3,7 @@ import pathlib
 import pytest
 
 import snapshot
+from conftest import Lying
 
 BAD_NAMES = ["", ".", "..", "../x", "a/b", "/abs", "/", "x\0y", "\0", "a/", "../../etc"]
 
@@ -43,33 +44,6 @@ def test_non_str_name_is_a_type_error():
         snapshot.dir_path("/b", b"vm1")
     with pytest.raises(TypeError):
         snapshot.dir_path("/b", None)
-
-
-class Lying(str):
-    """A str whose Python-level methods lie about what it holds."""
-
-    def __eq__(self, other):
-        return False
-
-    def __ne__(self, other):
-        return True
-
-    __hash__ = str.__hash__
-
-    def __contains__(self, item):
-        return False
-
-    def __len__(self):
-        return 3
-
-    def __bool__(self):
-        return True
-
-    def encode(self, *args, **kwargs):
-        return b"safe"
-
-    def __str__(self):
-        return "safe"
 
 
 @pytest.mark.parametrize("value", ["..", ".", "", "a/b", "x\0y"])
