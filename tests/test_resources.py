@@ -26,6 +26,19 @@ def threads_now():
     return len(os.listdir("/proc/self/task"))
 
 
+def threads_once_joined_ones_left(limit, timeout=5.0):
+    """The thread count, once threads that were already joined have left /proc/self/task.
+
+    pthread_join returns when the kernel clears the thread's tid, a little before the task
+    is reaped and leaves /proc/self/task: right after dir_sizes(workers=2) returns, an
+    extra task shows in about 1 call in 400 (49 of 20,000 here), which once failed CI.
+    A thread that still runs never leaves, so waiting hides no leak."""
+    deadline = time.monotonic() + timeout
+    while threads_now() > limit and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return threads_now()
+
+
 def test_100k_calls_with_errors_leak_nothing(tmp_path):
     base = tmp_path / "base"
     for i in range(3):
@@ -87,7 +100,8 @@ def test_batches_leak_nothing(tmp_path, check):
     if check == "memory":
         assert rss_kib() - rss < 256
     else:
-        assert open_fds() == fds and threads_now() <= tasks  # a thread that ended meanwhile is no leak
+        assert open_fds() == fds
+        assert threads_once_joined_ones_left(tasks) <= tasks  # one that ended meanwhile is no leak
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +173,7 @@ def test_ctrl_c_interrupts_a_long_walk_quickly(what, large_tree, big_directory, 
     # Under ASan (with PYTHONMALLOC=malloc) everything runs several times slower; that run
     # checks the interrupt path for memory errors, the normal run checks the 0.1 s.
     assert max(latencies) < (1.0 if UNDER_ASAN else 0.1), latencies
-    assert threads_now() <= tasks  # a thread that ended meanwhile is no leak
+    assert threads_once_joined_ones_left(tasks) <= tasks  # one that ended meanwhile is no leak
     # The compiled walker holds no Python frame while it owns a descriptor.  Pure Python
     # cannot promise that: CPython looks at signals after every call returns, so Ctrl-C can
     # land between os.open returning a descriptor and the walker storing it (seen: 1 run
