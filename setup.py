@@ -1,11 +1,13 @@
-"""Build the compiled walker, snapshot._du, and the zero-block scan, snapshot._blocks.
+"""Build the compiled walker, snapshot._du (_du.pyx and the .pxi and .h files it includes).
 
-On Linux the extension is required (it uses fts(3) and the FIEMAP ioctl): a
-failed build fails the install instead of silently leaving the slow walker.
-Elsewhere the package is pure Python (see _size.py).
+On Linux the extension is required (descriptor-relative system calls, FIEMAP, leases):
+a failed build fails the install instead of silently leaving the slow walker.  Elsewhere
+the package is pure Python (see _size.py).
 
-SNAPSHOT_SANITIZE=1 builds with -fsanitize=address,undefined (see README).
+SNAPSHOT_SANITIZE=1 builds with -fsanitize=address,undefined and the C layer's checks
+(SNAP_ASSERT) on (see README).
 """
+import glob
 import os
 import sys
 
@@ -19,17 +21,19 @@ if sys.platform.startswith("linux"):
     ldflags = []
     if os.environ.get("SNAPSHOT_SANITIZE"):
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-        cflags = ["-O1", "-g"] + san
+        cflags = ["-O1", "-g", "-DSNAPSHOT_CHECKS"] + san
         ldflags = san
+    here = os.path.join("src", "snapshot")
     ext_modules = cythonize(
         [
             Extension(
-                f"snapshot.{name}",
-                [f"src/snapshot/{name}.pyx"],
+                "snapshot._du",
+                [os.path.join(here, "_du.pyx")],
+                include_dirs=[here],
+                depends=glob.glob(os.path.join(here, "*.pxi")) + glob.glob(os.path.join(here, "*.h")),
                 extra_compile_args=cflags,
                 extra_link_args=ldflags + ["-pthread"],
             )
-            for name in ("_du", "_blocks")
         ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     )

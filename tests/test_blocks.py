@@ -14,15 +14,15 @@ import time
 import pytest
 
 import snapshot
-from snapshot import _pyblocks, _sparse
+from snapshot import _codes, _pydu, _size, _sparse
 from conftest import as_nobody
 
 try:
-    from snapshot import _blocks
+    from snapshot import _du
 except ImportError:  # only off Linux
-    _blocks = None
+    _du = None
 
-IMPLS = {"compiled": _blocks, "python": _pyblocks}
+IMPLS = {"compiled": _du, "python": _pydu}
 K = 4096
 
 
@@ -30,7 +30,7 @@ K = 4096
 def impl(request, monkeypatch):
     if IMPLS[request.param] is None:
         pytest.skip("the compiled module is built on Linux only")
-    monkeypatch.setattr(_sparse, "_impl", IMPLS[request.param])
+    monkeypatch.setattr(_size, "_impl", IMPLS[request.param])
     return IMPLS[request.param]
 
 
@@ -252,9 +252,9 @@ def test_others_are_still_done_when_one_is_refused(impl, tmp_path):
 
 _PUNCHER = r"""
 import os, sys, snapshot
-from snapshot import _sparse, _pyblocks
 if sys.argv[2] == "python":
-    _sparse._impl = _pyblocks
+    from snapshot import _pydu, _size
+    _size._impl = _pydu
 print("start", flush=True)
 try:
     r = snapshot.sparsify(sys.argv[1])
@@ -345,20 +345,21 @@ def test_punching_a_reflinked_copy_leaves_the_other_identical(impl, xfs):
 
 # ---- Ctrl-C --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", [_pyblocks.SCAN, _pyblocks.DRY_RUN])
+@pytest.mark.parametrize("mode", [_codes.SCAN, _codes.DRY_RUN])
 def test_ctrl_c_stops_a_long_scan_within_a_tenth_of_a_second(impl, tmp_path, mode):
     f = tmp_path / "dense"
     with open(f, "wb") as h:
         h.write(os.urandom(1 << 20) * 64)
         os.fsync(h.fileno())  # no writeback left to slow the tests that follow
-    paths = [os.fsencode(f)] * 2000  # far longer than the test: 128 GB to read
+    paths = [os.fsencode(f)] * 2000  # far longer than the test: 128 GB to read (each path its own call's inode)
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     t = None
     try:
         with pytest.raises(KeyboardInterrupt):
             t = time.monotonic()
-            impl.run(paths, [None] * len(paths), mode, K, 2, False)
+            for p in paths:  # one file per call: within a call each inode is read once
+                impl.walk([p], 0, 2, blocks=mode)
     finally:
         timer.cancel()
     assert time.monotonic() - t < 0.3 + 0.1 + 0.05

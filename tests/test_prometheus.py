@@ -48,15 +48,15 @@ def scrape(collector) -> dict:
 
 
 class CountingWalker:
-    """The walker in use, counting the batched walks (walk_many) made through it."""
+    """The walker in use, counting the walks (one call each, however many paths) made through it."""
 
     def __init__(self, impl) -> None:
         self.impl = impl
         self.batches = 0
 
-    def walk_many(self, *args):
+    def walk(self, *args, **kwargs):
         self.batches += 1
-        return self.impl.walk_many(*args)
+        return self.impl.walk(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.impl, name)

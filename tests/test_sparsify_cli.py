@@ -1,5 +1,4 @@
 """snapshot-sparsify and snapshot-du --zero, as commands."""
-import io
 import json
 import os
 import signal
@@ -61,19 +60,6 @@ def test_a_refused_file_is_exit_1_and_the_others_are_done(fleet, capsys):
     assert rc == 1
     assert err == f"snapshot-sparsify: '{held}': another process has it open; not sparsified\n"
     assert snapshot.scan_blocks(fleet / "vm2").zero == 0 and snapshot.scan_blocks(held).zero > 0
-
-
-def test_progress_line_on_a_terminal_only(fleet, capsys, monkeypatch):
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-    monkeypatch.setattr(cli_sparsify, "PROGRESS_AFTER", 0)
-    tty = Tty()
-    monkeypatch.setattr(sys, "stderr", tty)
-    assert cli_sparsify.main(["-n", "-j", "1", str(fleet)]) == 0
-    assert f"\r{cli_sparsify.PROG}: 1/4 files" in tty.getvalue() and tty.getvalue().endswith("\r\x1b[K")
-    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: nothing
-    assert cli_sparsify.main(["-n", str(fleet)]) == 0 and sys.stderr.getvalue() == ""
 
 
 def test_usage_errors(capsys):

@@ -45,7 +45,7 @@ def test_any_depth_on_128_descriptors(deep_tree, impl):
         from conftest import WALKERS
         impl = WALKERS[{impl!r}]
         before = sorted(os.listdir("/proc/self/fd"))
-        results = [impl.walk({os.fsencode(root)!r}, 0, w)[:4] for w in (1, 2)]
+        results = [impl.walk([{os.fsencode(root)!r}], 0, w)[0][0][:4] for w in (1, 2)]
         print(results, before == sorted(os.listdir("/proc/self/fd")))
         """), 128)
     assert out.strip() == f"{[(allocated, 5000 * files, files, dirs)] * 2} True"
@@ -257,4 +257,4 @@ def test_thread_counts_are_capped(tmp_path):
         t.join()
     before = threading.active_count()  # the main thread, the sampler
     assert peak[0] <= before + cap, (peak[0], cap)
-    assert _size._workers(10 ** 6, 9000) == cap
+    assert _size._workers(10 ** 6) == cap

@@ -16,7 +16,7 @@ from ._atomic import atomic_write
 from ._errors import MetaError, os_error
 from ._gojson import GO_UTF8, INT64_MAX, INT64_MIN, GoJSONError, GoStruct, decode_object, encode_string
 from ._paths import ROOTFS_META_NAME, meta_path
-from ._walkflags import META_READ_MAX
+from ._codes import META_READ_MAX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # StrPath is for type checkers only: typing costs start-up time (PEP 563)

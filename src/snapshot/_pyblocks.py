@@ -1,58 +1,104 @@
-"""Which allocated blocks hold data, in pure Python: the reference for _blocks.pyx,
-with the same rules and the same system calls (SEEK_DATA/SEEK_HOLE, pread of the
-allocated regions only, fallocate to punch).  The test suite runs both.
+"""What a regular file's blocks hold, in pure Python: the file jobs of the pure-Python
+walker (_pydu), and the reference for the compiled ones (_files.pxi, _zero.pxi), with the
+same rules and the same system calls.  The test suite runs both.
 
-Rules (README, "Zero blocks"):
-* a file is cut into blocks of *block* bytes, aligned in the file; the last may be
-  partial;
-* a block holds data if any of its bytes is not zero (a hole reads as zeros);
-  ``data`` counts such blocks whole (the last one for its length in the file);
-* ``zero`` counts the allocated bytes (inside SEEK_DATA/SEEK_HOLE regions) of the
-  blocks that are all zero: what punching them would free;
+A file job gets a file the walk has counted, by its directory's descriptor and its name:
+it is opened O_PATH|O_NOFOLLOW (which opens no device and breaks no lease), checked to be
+the regular file counted (st_dev, st_ino), looked up among other processes' leases
+(_leases), and only then reopened for reading or writing through /proc/self/fd, which
+names that very inode.  Nothing is opened by a path that could lead elsewhere.
+
+Block rules (README, "Zero blocks"):
+* a file is cut into blocks of *block* bytes, aligned in the file; the last may be partial;
+* a block holds data if any of its bytes is not zero (a hole reads as zeros); ``data``
+  counts such blocks whole (the last one for its length in the file);
+* ``zero`` counts the allocated bytes (inside SEEK_DATA/SEEK_HOLE regions) of the blocks
+  that are all zero: what punching them would free;
 * holes count in neither, and are never read.
 """
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import signal
 import stat
+import time
 
-CHUNK = 1 << 20  # bytes read at once: a multiple of every block size
+from ._codes import (BUSY, CHUNK, DONE, DRY_RUN, FAILED, LEASED, PUNCH, PUNCH_PIECE, SCAN, STOPPED,
+                     UNCHECKED, UNSAFE_FILESYSTEMS, UNSAFE_FS)
+
 _ZEROS = bytes(CHUNK)
 _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
-# fcntl(2): leases.  F_SETSIG moves the lease-break signal to SIGURG, whose default
-# action is to do nothing, so a break can never kill the process (SIGIO's would).
-F_SETLEASE, F_GETLEASE, F_SETSIG = 1024, 1025, 10
-F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
-BREAK_SIGNAL = signal.SIGURG
-# Punches between two looks at the lease (F_GETLEASE costs as much as a tenth of a punch):
-# a break stops the punching within this many calls, about a millisecond.
-LEASE_CHECK_EVERY = 16
+_READ = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+_WRITE = (_READ & ~os.O_RDONLY) | os.O_RDWR
+# Below the root: the entry vanished, or was replaced by a symlink or a directory's file.
+CHANGED = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+# The part of lease-break-time after which a zero run read before it is read again
+# before it is punched: a stop of the process must not punch what was read long ago.
+REREAD_FRACTION = 4
 
+
+def constants() -> dict:
+    """System constants, from the compiled module's C headers where it exists (right on
+    every architecture); the generic Linux values elsewhere."""
+    global _CONSTANTS
+    if _CONSTANTS is None:
+        try:
+            from ._du import CONSTANTS
+            _CONSTANTS = dict(CONSTANTS)
+        except ImportError:  # pragma: no cover - no compiled module: not Linux
+            _CONSTANTS = {"F_SETLEASE": 1024, "F_GETLEASE": 1025, "F_SETSIG": 10, "F_RDLCK": 0,
+                          "F_WRLCK": 1, "F_UNLCK": 2, "FALLOC_FL_KEEP_SIZE": 1, "FALLOC_FL_PUNCH_HOLE": 2,
+                          "SIGURG": 23, "PROC_SUPER_MAGIC": 0x9FA0}
+    return _CONSTANTS
+
+
+_CONSTANTS = None
+
+
+def fs_type(fd: int) -> int:
+    """statfs's f_type of the filesystem holding *fd* (0 if unknown)."""
+    try:
+        from ._du import fs_type as compiled
+        return compiled(fd)
+    except ImportError:  # pragma: no cover - not Linux
+        return 0
+
+
+def fs_unit(fd: int) -> int:
+    """The filesystem's allocation unit: punching less than a whole one frees nothing (ext4
+    bigalloc allocates clusters of several blocks) and can grow the extent tree."""
+    try:
+        from ._du import fs_unit as compiled
+        return compiled(fd)
+    except ImportError:  # pragma: no cover - not Linux
+        return os.fstatvfs(fd).f_bsize
+
+
+# ---- reading the allocated regions --------------------------------------------------------
 
 def regions(fd: int, size: int, pos: int = 0):
-    """The allocated (data) regions of the open file from *pos*, as (start, end)."""
+    """The allocated (data) regions of the open file from *pos*, as (start, end).  A file
+    that shrinks meanwhile ends where it now ends (ENXIO: nothing from there)."""
     while pos < size:
         try:
             start = os.lseek(fd, pos, _SEEK_DATA)
+            end = min(os.lseek(fd, start, _SEEK_HOLE), size)
         except OSError as e:
-            if e.errno == errno.ENXIO:  # no data after pos
+            if e.errno == errno.ENXIO:  # no data after pos, or the file is shorter now
                 return
             raise
         if start >= size:
             return
-        end = min(os.lseek(fd, start, _SEEK_HOLE), size)
         yield start, end
         pos = end
 
 
-def _pieces(fd: int, size: int, block: int, first: int = 0):
+def units(fd: int, size: int, block: int, first: int = 0, each_chunk=None):
     """[block start, allocated bytes in it, holds data] for every block from *first*
-    (block-aligned) that meets an allocated region, in order.  Reads regions only."""
+    (block-aligned) that meets an allocated region, in order.  Reads regions only, a chunk
+    at a time; each_chunk(bytes read), if given, is called after every chunk and may raise
+    to stop."""
     cur = None  # [block start, allocated bytes, nonzero]
     for start, end in regions(fd, size, first):
         pos = start
@@ -62,12 +108,13 @@ def _pieces(fd: int, size: int, block: int, first: int = 0):
             if not buf:
                 break  # truncated meanwhile
             n = len(buf)
+            if each_chunk is not None:
+                each_chunk(n)
             off = 0
             while off < n:
                 bs = (pos + off) // block * block
                 take = min(bs + block - (pos + off), n - off)
-                piece = buf[off:off + take]
-                nonzero = piece != _ZEROS[:take]
+                nonzero = buf[off:off + take] != _ZEROS[:take]
                 if cur is not None and cur[0] == bs:
                     cur[1] += take
                     cur[2] = cur[2] or nonzero
@@ -81,10 +128,11 @@ def _pieces(fd: int, size: int, block: int, first: int = 0):
         yield cur
 
 
-def scan_fd(fd: int, size: int, block: int) -> tuple:
+def scan(fd: int, size: int, block: int, progress=None) -> tuple:
     """(data, zero) of the open file."""
     data = zero = 0
-    for bs, allocated, nonzero in _pieces(fd, size, block):
+    tick = None if progress is None else (lambda n: progress.add(n, 0))
+    for bs, allocated, nonzero in units(fd, size, block, 0, tick):
         if nonzero:
             data += min(block, size - bs)
         else:
@@ -92,177 +140,249 @@ def scan_fd(fd: int, size: int, block: int) -> tuple:
     return data, zero
 
 
-# ---- files by path, checked ------------------------------------------------------------
-
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-_WRITE = (_READ & ~os.O_RDONLY) | os.O_RDWR
-
-
-def open_checked(path: bytes, ident, flags: int = _READ) -> tuple:
-    """(fd, stat) of the regular file at *path*, if it is still the one the walk saw
-    (ident: (st_dev, st_ino), or None); else raises OSError naming it."""
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (ident is not None and (st.st_dev, st.st_ino) != tuple(ident)):
-            raise OSError(errno.ESTALE, "replaced while it was scanned", os.fsdecode(path))
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
-
-
-def scan_paths(paths: list, idents: list, block: int, workers: int) -> list:
-    """Per path: (allocated, data, zero) or the OSError (same contract as _blocks)."""
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
-    out: list = []
-    for path, ident in zip(paths, idents):
-        try:
-            fd, st = open_checked(path, ident)
-        except OSError as e:
-            out.append(OSError(e.errno, e.strerror, os.fsdecode(path)))
-            continue
-        try:
-            data, zero = scan_fd(fd, st.st_size, block)
-            out.append((st.st_blocks * 512, data, zero))
-        except OSError as e:
-            out.append(OSError(e.errno, e.strerror, os.fsdecode(path)))
-        finally:
-            os.close(fd)
-    return out
-
-
-def range_batch(path: bytes, block: int, start: int, limit: int) -> tuple:
+def data_runs(fd: int, size: int, block: int, start: int, limit: int) -> tuple:
     """(runs, next): up to *limit* merged runs of data blocks from offset *start*
     (block-aligned), each complete, and where the next batch begins (-1 at the end)."""
-    fd, st = open_checked(path, None)
-    try:
-        size = st.st_size
-        runs: list = []
-        for bs, _, nonzero in _pieces(fd, size, block, start):
-            if not nonzero:
-                continue
-            length = min(block, size - bs)
-            if runs and runs[-1][0] + runs[-1][1] == bs:
-                runs[-1] = (runs[-1][0], runs[-1][1] + length)
-            elif len(runs) == limit:
-                return runs, bs
-            else:
-                runs.append((bs, length))
-        return runs, -1
-    finally:
-        os.close(fd)
+    runs: list = []
+    for bs, _, nonzero in units(fd, size, block, start):
+        if not nonzero:
+            continue
+        length = min(block, size - bs)
+        if runs and runs[-1][0] + runs[-1][1] == bs:
+            runs[-1] = (runs[-1][0], runs[-1][1] + length)
+        elif len(runs) == limit:
+            return runs, bs
+        else:
+            runs.append((bs, length))
+    return runs, -1
 
 
-# ---- punching ----------------------------------------------------------------------------
+# ---- leases ------------------------------------------------------------------------------
 
 def take_lease(fd: int) -> int:
-    """0 with a write lease held (no other process has the file open), or the errno
-    why not: EAGAIN if another process has it open, another if the filesystem or our
-    rights offer no way to check."""
+    """0 with a write lease held (no other process has the file open), or the errno why
+    not: EAGAIN if another process has it open, another if the filesystem or our rights
+    offer no way to check.  The break signal becomes SIGURG, whose default action is to do
+    nothing, so a break can never kill the process (SIGIO's would)."""
+    import fcntl
+    c = constants()
     try:
-        fcntl.fcntl(fd, F_SETSIG, BREAK_SIGNAL)
-        fcntl.fcntl(fd, F_SETLEASE, F_WRLCK)
+        fcntl.fcntl(fd, c["F_SETSIG"], c["SIGURG"])
+        fcntl.fcntl(fd, c["F_SETLEASE"], c["F_WRLCK"])
     except OSError as e:
         return e.errno or errno.EIO
     return 0
 
 
-def lease_broken(fd: int) -> bool:
-    """True once another process has started to open the file (a lease break)."""
-    return fcntl.fcntl(fd, F_GETLEASE) != F_WRLCK
+def lease_held(fd: int) -> bool:
+    """False once another process has started to open the file (a lease break), or the
+    kernel has taken the lease back."""
+    import fcntl
+    c = constants()
+    return fcntl.fcntl(fd, c["F_GETLEASE"]) == c["F_WRLCK"]
 
 
 def release_lease(fd: int) -> None:
+    import fcntl
     try:
-        fcntl.fcntl(fd, F_SETLEASE, F_UNLCK)
+        fcntl.fcntl(fd, constants()["F_SETLEASE"], constants()["F_UNLCK"])
     except OSError:
         pass
 
 
-def punch_fd(fd: int, size: int, fs_block: int, dry_run: bool, leased: bool) -> tuple:
-    """Punch every all-zero filesystem block in allocated regions, coalescing runs
-    (a zero run separated from the next only by a hole is one call).  Returns
-    (punched bytes, calls, stopped): stopped when a lease break began."""
+def lease_break_time() -> float:
+    """/proc/sys/fs/lease-break-time: seconds the kernel waits for a holder to let go."""
+    try:
+        with open("/proc/sys/fs/lease-break-time", "rb") as f:
+            return max(1.0, float(int(f.read().strip() or 45)))
+    except (OSError, ValueError):
+        return 45.0
+
+
+# ---- punching ----------------------------------------------------------------------------
+
+class _Stopped(Exception):
+    """The lease broke: another process is opening the file."""
+
+
+def _fallocate():
     import ctypes  # only here: os has no fallocate that punches, and ctypes costs start-up time
     libc = ctypes.CDLL(None, use_errno=True)
-    punched = calls = 0
-    pending = None  # [start, end) of zero blocks not yet punched
+    fn = libc.fallocate
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    c = constants()
+    flags = c["FALLOC_FL_PUNCH_HOLE"] | c["FALLOC_FL_KEEP_SIZE"]
 
-    def flush() -> bool:
-        nonlocal calls, pending
-        if pending is None or dry_run:
-            pending = None
-            return False
-        start, end = pending
-        pending = None
-        if libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, ctypes.c_long(start),
-                          ctypes.c_long(end - start)) != 0:
+    def punch(fd: int, start: int, length: int) -> None:
+        if hasattr(os, "posix_fadvise"):  # see _zero.pxi: the punch is cheaper without the pages
+            os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
+        if fn(fd, flags, start, length) != 0:
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
-        calls += 1
-        return leased and calls % LEASE_CHECK_EVERY == 0 and lease_broken(fd)
-
-    for bs, allocated, nonzero in _pieces(fd, size, fs_block):
-        if nonzero:
-            if flush():
-                return punched, calls, True
-            continue
-        punched += allocated
-        if pending is not None:
-            pending[1] = bs + fs_block  # across any hole since the last zero block
-        else:
-            pending = [bs, bs + fs_block]
-    if flush():
-        return punched, calls, True
-    return punched, calls, False
+    return punch
 
 
-# ---- the batch entry point (same contract as _blocks.run) ------------------------------------
+class _Punch:
+    """Punch every all-zero allocation unit in allocated regions of the open file, a run of
+    them (going on across holes, at most PUNCH_PIECE bytes) in one call; .punched and
+    .calls say what was done, .stopped that the lease broke.
 
-SCAN, PUNCH, DRY_RUN = 0, 1, 2
-DONE, BUSY, UNCHECKED, STOPPED, FAILED, NOT_RUN = 0, 1, 2, 3, 4, 5
+    With a lease, it is confirmed (F_GETLEASE) before every punch and after every chunk
+    read, so an opener waits for one chunk or one piece at most; a run read longer ago than
+    a fraction of lease-break-time is read again before it is punched."""
 
+    def __init__(self, fd: int, size: int, unit: int, dry_run: bool, leased: bool, progress=None) -> None:
+        self.fd, self.size, self.unit, self.dry_run, self.leased = fd, size, unit, dry_run, leased
+        self.progress = progress
+        self.do_punch = None if dry_run else _fallocate()
+        self.stale_after = lease_break_time() / REREAD_FRACTION
+        self.punched = self.calls = 0
+        self.stopped = False
+        self.pending = None  # [start, end, zero bytes in it, when its first unit was read]
 
-def run(paths: list, idents: list, mode: int, block: int, workers: int, force: bool) -> list:
-    """Per file: (status, errno, allocated, allocated_after, data, zero, calls).  Python
-    holds the GIL, so threads would not help: *workers* is only checked."""
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
-    if block < 512 or block > CHUNK or block & (block - 1):
-        raise ValueError("block must be a power of two from 512 to 1 MiB")
-    return [_job(p, ident, mode, block, force) for p, ident in zip(paths, idents)]
-
-
-def _job(path: bytes, ident, mode: int, block: int, force: bool) -> tuple:
-    try:
-        fd, st = open_checked(path, ident, _READ if mode != PUNCH else _WRITE)
-    except OSError as e:
-        return (BUSY if mode != SCAN and e.errno == errno.EAGAIN else FAILED, e.errno, 0, 0, 0, 0, 0)
-    allocated = st.st_blocks * 512
-    try:
-        if mode == SCAN:
-            data, zero = scan_fd(fd, st.st_size, block)
-            return (DONE, 0, allocated, 0, data, zero, 0)
-        leased = False
-        if mode == PUNCH:
-            err = take_lease(fd)
-            if err == errno.EAGAIN:
-                return (BUSY, err, allocated, allocated, 0, 0, 0)
-            if err and not force:
-                return (UNCHECKED, err, allocated, allocated, 0, 0, 0)
-            leased = not err
+    def run(self) -> None:
+        unit = self.unit
         try:
-            punched, calls, stopped = punch_fd(fd, st.st_size, os.fstatvfs(fd).f_bsize, mode == DRY_RUN, leased)
-        except OSError as e:
-            return (FAILED, e.errno, allocated, os.fstat(fd).st_blocks * 512, 0, 0, 0)
-        finally:
-            if leased:
-                release_lease(fd)
-        after = os.fstat(fd).st_blocks * 512
-        return (STOPPED if stopped else DONE, 0, allocated, after, 0, punched, calls)
+            for bs, allocated, nonzero in units(self.fd, self.size, unit, 0, self._each_chunk):
+                if nonzero:
+                    self._flush()
+                    continue
+                if self.pending is not None and bs + unit - self.pending[0] > PUNCH_PIECE:
+                    self._flush()
+                if self.pending is None:
+                    self.pending = [bs, bs + unit, 0, time.monotonic()]
+                self.pending[1] = bs + unit  # over any hole since the last zero unit: one call
+                self.pending[2] += allocated
+            self._flush()
+        except _Stopped:
+            self.stopped = True
+
+    def _each_chunk(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.add(n, 0)
+        if self.leased and not lease_held(self.fd):
+            raise _Stopped
+
+    def _flush(self) -> None:
+        run, self.pending = self.pending, None
+        if run is None:
+            return
+        start, end, zero, read_at = run
+        if self.dry_run:
+            self.punched += zero
+            return
+        if self.leased and not lease_held(self.fd):
+            raise _Stopped
+        if time.monotonic() - read_at > self.stale_after and not _still_zero(self.fd, start, end):
+            return  # changed since it was read (only possible without a lease): left alone
+        # Never past the current end of the file, but for the rest of its last unit (beyond
+        # the end there is nothing to lose, and a partial unit frees nothing).
+        size = os.fstat(self.fd).st_size
+        end = min(end, -(-size // self.unit) * self.unit)
+        if end <= start:
+            return
+        self.do_punch(self.fd, start, end - start)
+        self.calls += 1
+        self.punched += zero
+        if self.progress is not None:
+            self.progress.add(0, zero)
+
+
+def _still_zero(fd: int, start: int, end: int) -> bool:
+    pos = start
+    while pos < end:
+        buf = os.pread(fd, min(CHUNK, end - pos), pos)
+        if not buf:
+            return True
+        if buf != _ZEROS[:len(buf)]:
+            return False
+        pos += len(buf)
+    return True
+
+
+# ---- the file job -------------------------------------------------------------------------
+
+def open_counted(dir_fd, name: bytes, counted: os.stat_result, flags: int, leases) -> tuple:
+    """(fd, None) of dir_fd/name reopened with *flags*, if it is still the regular file
+    counted and no other process holds a lease on it; else (None, why): "changed" (skip
+    it), "leased", or an OSError.  dir_fd None means name is the path of the walk's root."""
+    o_path = getattr(os, "O_PATH", 0)
+    try:
+        pfd = os.open(name, (o_path | os.O_CLOEXEC if o_path else flags) | os.O_NOFOLLOW, dir_fd=dir_fd)
     except OSError as e:
-        return (FAILED, e.errno, allocated, allocated, 0, 0, 0)
+        return None, "changed" if e.errno in CHANGED else e
+    try:
+        st = os.fstat(pfd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (counted.st_dev, counted.st_ino):
+            return None, "changed"
+        if leases is not None and leases.held(st, pfd):
+            return None, "leased"
+        if not o_path:  # pragma: no cover - not Linux: opened for real already
+            return os.dup(pfd), None
+        try:
+            return os.open(f"/proc/self/fd/{pfd}", flags), None
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return None, "leased"  # taken after /proc/locks was read (README: the window)
+            return None, e
+    except OSError as e:
+        return None, e
+    finally:
+        os.close(pfd)
+
+
+def file_job(dir_fd, name: bytes, counted: os.stat_result, mode: int, block: int, force: bool,
+             leases, progress=None) -> tuple:
+    """Scan, punch or dry-run one counted regular file.  Returns (status, errno, f_type,
+    data, zero, punched, before, after); status "changed" means it is gone or replaced
+    (skipped, nothing counted).  For PUNCH and DRY_RUN, *leases* is read again just before
+    the file is opened."""
+    if mode in (PUNCH, DRY_RUN):
+        from . import _leases
+        leases = _leases.read()
+    fd, why = open_counted(dir_fd, name, counted, _WRITE if mode == PUNCH else _READ, leases)
+    if fd is None:
+        if why == "changed":
+            return ("changed",)
+        if why == "leased":
+            return (LEASED, errno.EAGAIN, 0, 0, 0, 0, 0, 0)
+        return (FAILED, why.errno or errno.EIO, 0, 0, 0, 0, 0, 0)
+    try:
+        return _job_on(fd, mode, block, force, progress)
+    except OSError as e:
+        return (FAILED, e.errno or errno.EIO, fs_type(fd), 0, 0, 0, 0, 0)
     finally:
         os.close(fd)
+
+
+def _job_on(fd: int, mode: int, block: int, force: bool, progress) -> tuple:
+    """The job on the open file: (status, errno, f_type, data, zero, punched, before, after);
+    before and after are 0 where nothing was read or punched (a refusal)."""
+    st = os.fstat(fd)
+    before = st.st_blocks * 512
+    if mode == SCAN:
+        data, zero = scan(fd, st.st_size, block, progress)
+        return (DONE, 0, 0, data, zero, 0, before, before)
+    kind = fs_type(fd)
+    if kind in UNSAFE_FILESYSTEMS and not force:
+        return (UNSAFE_FS, errno.EOPNOTSUPP, kind, 0, 0, 0, 0, 0)
+    leased = False
+    if mode == PUNCH:
+        err = take_lease(fd)
+        if err == errno.EAGAIN:
+            return (BUSY, err, kind, 0, 0, 0, 0, 0)
+        if err and not force:
+            return (UNCHECKED, err, kind, 0, 0, 0, 0, 0)
+        leased = not err
+    p = _Punch(fd, st.st_size, fs_unit(fd), mode == DRY_RUN, leased, progress)
+    try:
+        p.run()
+    except OSError as e:
+        return (FAILED, e.errno or errno.EIO, kind, 0, 0, p.punched, before, os.fstat(fd).st_blocks * 512)
+    finally:
+        if leased:
+            release_lease(fd)
+    after = before - p.punched if mode == DRY_RUN else os.fstat(fd).st_blocks * 512
+    if p.stopped:
+        return (STOPPED, errno.EAGAIN, kind, 0, 0, p.punched, before, after)
+    return (DONE, 0, kind, 0, 0, p.punched, before, after)

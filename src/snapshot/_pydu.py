@@ -1,13 +1,16 @@
-"""The pure-Python walker: the reference for _du.pyx, with the same semantics
-and the same system calls (openat of each directory relative to its parent,
-getdents through os.scandir(fd), fstatat of every non-directory).
+"""The pure-Python walker: the reference for _du.pyx, with the same semantics and the
+same system calls (openat of each directory relative to its parent, getdents through
+os.scandir(fd), fstatat of every non-directory), and the same contract: walk() takes
+the paths and options and gives one Walked per path.
 
-Used where the compiled walker cannot exist, and by the test suite, which runs
-every test against both.  The rules (see README, "What is counted"):
-non-directories add st_blocks*512 and st_size; directories add nothing but
-are counted; symlinks are never followed, not even a directory swapped for one
-while we walk; below the root, an entry that vanishes while being walked is
-skipped.
+Used where the compiled walker cannot exist, and by the test suite, which runs every
+test against both.  The rules (see README, "What is counted"): non-directories add
+st_blocks*512 and st_size; directories add nothing but are counted; symlinks are never
+followed, not even a directory swapped for one while we walk; below the root, an entry
+that vanishes while being walked is skipped.  Every file the walk opens (FIEMAP, the
+file jobs of scan_blocks and sparsify, rootfs.meta) is reached relative to its
+directory's descriptor and checked first (_pyblocks.open_counted).  Python holds the GIL,
+so threads would not help: the paths are walked one after another.
 """
 from __future__ import annotations
 
@@ -17,15 +20,15 @@ import os
 import stat
 import struct
 
+from . import _leases, _pyblocks
+from ._codes import (ALL_FILES, DONE, FAILED, KEEP_GOING, LEASED, META_READ_MAX, NO_BLOCKS, NO_PROC,
+                     ONE_FILE_SYSTEM, RECORDS, SHARED_EXTENTS, SNAPSHOT_FILES, UNIQUE_INODES)
 from ._dirfds import CHANGED, DIR_FLAGS, DirFds, DirNode, fd_budget
-from ._errors import os_error
 from ._meta import read_raw
 from ._paths import CH_MEM_RANGES_FILE, ROOTFS_COW_NAME, ROOTFS_FILE_NAME, ROOTFS_META_NAME
-from ._paths import encoded_path as encode_path
-from ._walkflags import META_READ_MAX, ONE_FILE_SYSTEM, SHARED_EXTENTS, SNAPSHOT_FILES, UNIQUE_INODES
+from ._paths import encoded_path as encode_path  # noqa: F401  (the twins' common interface)
+from ._walked import Walked
 
-# <linux/fiemap.h>
-FS_IOC_FIEMAP = 0xC020660B
 _FM_HEADER = struct.Struct("=QQIIII")  # fm_start, fm_length, fm_flags, fm_mapped_extents, fm_extent_count, reserved
 _FM_EXTENT = struct.Struct("=QQQQQIIII")  # fe_logical, fe_physical, fe_length, 2 reserved, fe_flags, 3 reserved
 EXTENT_LAST, EXTENT_UNKNOWN, EXTENT_DELALLOC = 0x1, 0x2, 0x4
@@ -33,63 +36,78 @@ EXTENT_DATA_INLINE, EXTENT_NOT_ALIGNED, EXTENT_SHARED = 0x200, 0x100, 0x2000
 _NOT_PLACED = EXTENT_UNKNOWN | EXTENT_DELALLOC | EXTENT_DATA_INLINE | EXTENT_NOT_ALIGNED
 _EXTENTS_PER_CALL = 128
 _NO_FIEMAP = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL)
-# Below the root: the entry vanished, or its directory was replaced by a file,
-# while we walked. The snapshot is being changed; skip it.
+# Below the root: the entry vanished, or its directory was replaced by a file, while we walked.
 _VANISHED = (errno.ENOENT, errno.ENOTDIR)
-# Which filesystem a descriptor is on (see _du.pyx, snap_fs_identity).
-_BTRFS_IOC_FS_INFO = 0x8400941F  # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args), 1024 bytes
-_FS_IOC_GETFSUUID = 0x80111500  # _IOR(0x15, 0, struct fsuuid2), 17 bytes
-# The files a SNAPSHOT_FILES walk notes in the root directory (see _du.snapshot_file).
+# The files a SNAPSHOT_FILES walk notes in the root directory (see _files.pxi).
 _NAMED = {os.fsencode(n): i for i, n in enumerate((CH_MEM_RANGES_FILE, ROOTFS_COW_NAME, ROOTFS_FILE_NAME))}
 _META_NAME = os.fsencode(ROOTFS_META_NAME)
 
 
-def _failed(e: OSError, path: bytes) -> OSError:
-    """The exception to raise for *e*, naming *path* the way the compiled walker does."""
-    return os_error(e.errno or errno.EIO, path)
+class _Stop(Exception):
+    """The walk stops: (code, path) is its Walked.error."""
+
+    def __init__(self, code: int, path: bytes) -> None:
+        super().__init__(code, path)
+        self.code, self.path = code, path
+
+
+class Progress:  # the same interface as _du.Progress
+    """Counters the walk adds to and another thread may read (the commands' progress line)."""
+
+    def __init__(self) -> None:
+        self.bytes_read = self.bytes_punched = 0
+
+    def add(self, read: int, punched: int) -> None:
+        self.bytes_read += read
+        self.bytes_punched += punched
+
+    def read(self) -> tuple:
+        """(allocated bytes read, bytes punched) so far."""
+        return self.bytes_read, self.bytes_punched
+
+
+def _constants() -> dict:
+    return _pyblocks.constants()
+
+
+def _ioctls() -> dict:
+    try:
+        from ._du import IOCTLS  # right for this architecture, from the C headers
+        return IOCTLS
+    except ImportError:  # pragma: no cover - not Linux: no FIEMAP to call
+        return {}
 
 
 def _fs_identity(fd: int, dev: int) -> tuple:
-    for request, size, at in ((_BTRFS_IOC_FS_INFO, 1024, 16), (_FS_IOC_GETFSUUID, 17, 1)):
+    """Which filesystem fd is on (see _csys.h, snap_fs_identity): btrfs's fsid, else
+    FS_IOC_GETFSUUID's, else (st_dev, 0)."""
+    ioctls = _ioctls()
+    for key, size, at in (("BTRFS_IOC_FS_INFO", 1024, 16), ("FS_IOC_GETFSUUID", 17, 1)):
+        if key not in ioctls:
+            continue
         buf = bytearray(size)
         try:
-            fcntl.ioctl(fd, request, buf)
+            fcntl.ioctl(fd, ioctls[key], buf)
         except OSError:
             continue
-        if request == _FS_IOC_GETFSUUID and buf[0] != 16:
+        if key == "FS_IOC_GETFSUUID" and buf[0] != 16:
             continue
         return (int.from_bytes(buf[at:at + 8], "little"), int.from_bytes(buf[at + 8:at + 16], "little"))
     return (dev, 0)
 
 
-def _open_counted(dir_fd: int, name: bytes, counted: os.stat_result):
-    """A read descriptor of dir_fd/name if it is still the regular file counted, else None.
-
-    O_PATH opens no device and breaks no lease; /proc/self/fd then names that very inode.
-    Without O_PATH (not Linux: no /proc/self/fd either) the file is opened first and checked after."""
-    o_path = getattr(os, "O_PATH", 0)
-    flags = (o_path | os.O_CLOEXEC) if o_path else (os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=dir_fd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (counted.st_dev, counted.st_ino):
-            return None
-        if not o_path:
-            return os.dup(fd)  # this one is already open for reading
-        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    finally:
-        os.close(fd)
-
-
 def _shared_extents(fd: int, fs: tuple, ranges: list) -> int:
-    """Bytes of the open file in extents flagged shared (same rules as _du.file_shared)."""
+    """Bytes of the open file in extents flagged shared (same rules as _files.pxi)."""
+    request = _ioctls().get("FS_IOC_FIEMAP")
+    if request is None:  # pragma: no cover - not Linux
+        return 0
     shared = 0
     start = 0
     buf = bytearray(_FM_HEADER.size + _EXTENTS_PER_CALL * _FM_EXTENT.size)
     while True:
         _FM_HEADER.pack_into(buf, 0, start, (1 << 64) - 1 - start, 0, 0, _EXTENTS_PER_CALL, 0)
         try:
-            fcntl.ioctl(fd, FS_IOC_FIEMAP, buf)
+            fcntl.ioctl(fd, request, buf)
         except OSError as e:
             if e.errno in _NO_FIEMAP:
                 return 0
@@ -124,18 +142,145 @@ def _union(ranges: list) -> int:
     return total
 
 
-class _Count:
-    """What one walk adds up (the C walker's Totals)."""
+def proc_mounted() -> bool:
+    """Whether /proc is mounted: files are reopened through /proc/self/fd."""
+    o_path = getattr(os, "O_PATH", 0)
+    if not o_path:  # pragma: no cover - not Linux: files are opened directly
+        return True
+    try:
+        fd = os.open("/proc/self/fd", o_path | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return _pyblocks.fs_type(fd) == _constants()["PROC_SUPER_MAGIC"]
+    finally:
+        os.close(fd)
 
-    def __init__(self, flags: int) -> None:
-        self.unique = flags & UNIQUE_INODES
-        self.want_shared = flags & SHARED_EXTENTS
-        self.blocks = self.apparent = self.files = self.dirs = self.shared = self.unmapped = 0
+
+class _Batch:
+    """What the walks of one call share: options, other processes' leases, the inodes
+    already given a file job (each once per call), and the progress counters."""
+
+    def __init__(self, flags: int, blocks: int, block_size: int, force: bool, max_depth: int,
+                 exclude, progress) -> None:
+        self.flags = flags
+        self.blocks = blocks
+        self.block_size = block_size
+        self.force = force
+        self.max_depth = max_depth
+        self.exclude = _Excluder(exclude) if exclude else None
+        self.progress = progress
+        self.opens_files = bool(flags & (SHARED_EXTENTS | SNAPSHOT_FILES)) or blocks != NO_BLOCKS
+        self.leases = _leases.read() if self.opens_files else None
+        self.jobs_seen: set = set()
+        self.ranges: list = []
+
+
+class _Excluder:
+    """du --exclude: a shell pattern (fnmatch(3), no flags) matched against the path and
+    each of its suffixes that starts after a '/', as gnulib's exclude_fnmatch does."""
+
+    def __init__(self, patterns) -> None:
+        import ctypes  # only with --exclude: the same fnmatch(3) as the compiled walker
+        self.fnmatch = ctypes.CDLL(None).fnmatch
+        self.patterns = [bytes(p) for p in patterns]
+
+    def __call__(self, path: bytes) -> bool:
+        starts = [0] + [i + 1 for i in range(len(path)) if path[i:i + 1] == b"/" and path[i + 1:i + 2] != b"/"]
+        return any(self.fnmatch(p, path[s:], 0) == 0 for p in self.patterns for s in starts)
+
+
+class _Walk:
+    """One path's walk: its sums, and what it met."""
+
+    def __init__(self, path: bytes, batch: _Batch) -> None:
+        self.path = path
+        self.b = batch
+        self.flags = batch.flags
+        self.sums = dict.fromkeys(("blocks", "apparent", "files", "dirs", "shared", "unmapped", "data", "zero",
+                                   "punched", "before", "after", "block_files"), 0)
         self.seen: set = set()
         self.ranges: list = []
-        self.fs: dict = {}
-        self.named: list = [None, None, None]  # SNAPSHOT_FILES: see _du._report_extra
-        self.meta: object = None  # None, bytes or (errno, st_mode, st_size), as _meta.read_raw
+        self.named: list = [None, None, None]
+        self.meta: object = None
+        self.errors: list = []
+        self.failures: list = []
+        self.records: list = []
+        self.rec_of: dict = {}  # DirNode -> the record its sizes go to (its own, or its ancestor's at max_depth)
+        self.index: dict = {}  # DirNode -> its place in its parent's listing
+
+    # ---- counting ------------------------------------------------------------------------
+
+    def count(self, dir_fd, name: bytes, st: os.stat_result, node, index: int) -> None:
+        """Count a non-directory (dir_fd None: the root itself, name its path)."""
+        if self.flags & UNIQUE_INODES and st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in self.seen:
+                return
+            self.seen.add(key)
+        s = self.sums
+        s["blocks"] += st.st_blocks
+        s["apparent"] += st.st_size
+        s["files"] += 1
+        self._record_file(node, index, name, st)
+        if not stat.S_ISREG(st.st_mode):
+            return
+        if self.flags & SHARED_EXTENTS and st.st_blocks:
+            self._fiemap(dir_fd, name, st, node)
+        if self.b.blocks != NO_BLOCKS:
+            self._file_job(dir_fd, name, st, node)
+
+    def _record_file(self, node, index: int, name: bytes, st) -> None:
+        if not self.flags & RECORDS:
+            return
+        rec = self.rec_of.get(node)
+        if rec is not None:
+            rec[3] += st.st_blocks * 512
+            rec[4] += st.st_size
+        depth = 0 if node is None else node.depth + 1
+        if self.flags & ALL_FILES and depth <= self.b.max_depth:
+            self.records.append((-1 if rec is None else rec[5], index, name, st.st_blocks * 512, st.st_size, -1))
+
+    def _fiemap(self, dir_fd, name: bytes, st, node) -> None:
+        fd, why = _pyblocks.open_counted(dir_fd, name, st, _pyblocks._READ, self.b.leases)
+        if fd is None:
+            if why == "leased":
+                self.sums["unmapped"] += 1  # opening it would break another process's lease
+            elif why != "changed":  # changed: replaced or deleted meanwhile, its blocks count as exclusive
+                raise _Stop(why.errno or errno.EIO, self.where(node, name))
+            return
+        try:
+            fs = _fs_identity(fd, st.st_dev)
+            n = _shared_extents(fd, fs, self.ranges)
+        except OSError as e:
+            raise _Stop(e.errno or errno.EIO, self.where(node, name)) from None
+        finally:
+            os.close(fd)
+        self.sums["shared"] += min(n, st.st_blocks * 512)
+
+    def _file_job(self, dir_fd, name: bytes, st, node) -> None:
+        key = (st.st_dev, st.st_ino)
+        if key in self.b.jobs_seen:
+            return  # another link to an inode this call has done already
+        self.b.jobs_seen.add(key)
+        s = self.sums
+        if not st.st_size:
+            s["block_files"] += 1  # nothing to read or punch: done as it is
+            return
+        b = self.b
+        r = _pyblocks.file_job(dir_fd, name, st, b.blocks, b.block_size, b.force, b.leases, b.progress)
+        if r[0] == "changed":
+            return
+        status, err, kind, data, zero, punched, before, after = r
+        s["punched"] += punched  # before and after are 0 for a file that was not touched
+        s["before"] += before
+        s["after"] += after
+        if status == DONE:
+            s["data"] += data
+            s["zero"] += zero
+            s["block_files"] += 1
+        else:
+            self.failures.append((status, err, self.where(node, name), kind))
 
     def snapshot_file(self, dir_fd: int, name: bytes, st) -> None:
         """An entry of the root in a SNAPSHOT_FILES walk (st None: a directory not stat'ed)."""
@@ -147,161 +292,237 @@ class _Count:
             if st is None or not stat.S_ISREG(st.st_mode) or st.st_size > META_READ_MAX:
                 self.meta = (0, stat.S_IFDIR if st is None else st.st_mode, 0 if st is None else st.st_size)
                 return
+            if self.b.leases is not None and st.st_ino in self.b.leases.inos:
+                self.meta = (errno.EAGAIN, 0, 0)  # leased: opening it would break the lease
+                return
             got = read_raw(name, dir_fd)
             if isinstance(got, tuple) and got[0] in (errno.ENOENT, errno.ENOTDIR):
                 got = None  # gone meanwhile
             self.meta = got
 
-    def add(self, dir_fd, name: bytes, st: os.stat_result) -> None:
-        """Count a non-directory; dir_fd None means name is a path."""
-        if self.unique and st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            if key in self.seen:
-                return
-            self.seen.add(key)
-        self.blocks += st.st_blocks
-        self.apparent += st.st_size
-        self.files += 1
-        if not (self.want_shared and st.st_blocks and stat.S_ISREG(st.st_mode)):
+    # ---- failures ------------------------------------------------------------------------
+
+    def where(self, node, name=None) -> bytes:
+        if node is None:
+            return self.path
+        return self.tree.path(node, name)
+
+    def failed(self, e: OSError, node, name=None) -> None:
+        """A directory or entry that cannot be read: skipped and noted (KEEP_GOING), or the end."""
+        where = self.where(node, name)
+        if self.flags & KEEP_GOING and e.errno not in (errno.ENOMEM,):
+            self.errors.append((e.errno or errno.EIO, where))
             return
+        raise _Stop(e.errno or errno.EIO, where)
+
+    # ---- the walk ------------------------------------------------------------------------
+
+    def run(self) -> Walked:
+        error = None
         try:
-            fd = _open_counted(dir_fd, name, st)
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                self.unmapped += 1  # another process's lease: opening would break it
-                return
-            if e.errno in CHANGED:
-                return  # replaced or deleted meanwhile: its blocks count as exclusive
-            raise
-        if fd is None:
-            return
+            self._walk()
+        except _Stop as stop:
+            error = (stop.code, stop.path)
+        return self.result(error)
+
+    def result(self, error) -> Walked:
+        s = self.sums
+        phys = _union(self.ranges) if self.flags & SHARED_EXTENTS else 0
+        self.b.ranges += self.ranges
+        snap = self.flags & SNAPSHOT_FILES
+        return Walked(s["blocks"] * 512, s["apparent"], s["files"], s["dirs"], s["shared"], phys, s["unmapped"],
+                      s["data"], s["zero"], s["punched"], s["before"], s["after"], s["block_files"],
+                      tuple(self.named) if snap else None, self.meta if snap else None, error, self.errors,
+                      self.failures, [tuple(r) for r in self.records])
+
+    def _walk(self) -> None:
+        path = self.path
+        if b"\0" in path:
+            raise ValueError("embedded null byte")
+        if self.b.exclude is not None and self.b.exclude(path):
+            return  # du: an excluded argument is not counted at all
+        # The tree first, so that the root's descriptor is in it the moment it exists:
+        # Ctrl-C can land in any Python call, and tree.close() then closes it.
+        self.tree = tree = DirFds(path, -1, fd_budget(1))
         try:
-            fs = self.fs.get(st.st_dev)
-            if fs is None:
-                fs = self.fs[st.st_dev] = _fs_identity(fd, st.st_dev)
-            n = _shared_extents(fd, fs, self.ranges)
-        finally:
-            os.close(fd)
-        self.shared += min(n, st.st_blocks * 512)
-
-    def result(self) -> tuple:
-        phys = _union(self.ranges) if self.want_shared else 0
-        return (self.blocks * 512, self.apparent, self.files, self.dirs, self.shared, phys, self.unmapped)
-
-
-def walk(path: bytes, flags: int, workers: int = 1, budget: int = 0) -> tuple:
-    """(allocated, apparent, files, dirs, shared, shared_physical, unmapped) for *path*.
-
-    Python code holds the GIL, so threads would not help: *workers* is only checked."""
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
-    return _walk(path, flags & ~SNAPSHOT_FILES, budget).result()
-
-
-def _walk(path: bytes, flags: int, budget: int) -> _Count:
-    if b"\0" in path:
-        raise ValueError("embedded null byte")
-    count = _Count(flags)
-    root_files = flags & SNAPSHOT_FILES
-    # The tree first, so that the root's descriptor is in it the moment it exists:
-    # Ctrl-C can land in any Python call, and tree.close() then closes it.
-    tree = DirFds(path, -1, budget or fd_budget(1))
-    try:
-        try:
-            tree.root.fd = root_fd = os.open(path, DIR_FLAGS)
-        except OSError as e:
-            if e.errno != errno.ENOTDIR:  # not a symlink or a file: counted as itself
-                raise _failed(e, path) from None
             try:
-                st = os.lstat(path)
-                if stat.S_ISDIR(st.st_mode):  # a directory again: it changed under us
-                    raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-                count.add(None, path, st)
-            except OSError as e2:
-                raise _failed(e2, path) from None
-            return count
-        root_dev = os.fstat(root_fd).st_dev if flags & ONE_FILE_SYSTEM else None
-        count.dirs = 1
-        stack = [tree.root]
-        while stack:
-            node = stack.pop()
-            if node is not tree.root:
-                try:
-                    tree.open(node)
-                except OSError as e:
-                    if e.errno not in CHANGED:
-                        raise _failed(e, tree.path(node)) from None
-                    continue  # gone, or replaced by a file or a symlink meanwhile
-                finally:
-                    tree.release(node.parent)  # type: ignore[arg-type]
-            try:
-                _read_dir(tree, node, count, root_dev, stack, root_files and node is tree.root)
-            finally:
-                tree.settle(node)
-    finally:
-        tree.close()
-    return count
-
-
-def _read_dir(tree: DirFds, node: DirNode, count: _Count, root_dev, stack: list, root_files=False) -> None:
-    """Count node's non-directories and push its subdirectories."""
-    try:
-        it = os.scandir(node.fd)
-    except OSError as e:
-        raise _failed(e, tree.path(node)) from None
-    with it:
-        for entry in it:
-            name = os.fsencode(entry.name)
-            try:
-                is_dir = root_dev is None and entry.is_dir(follow_symlinks=False)
-                st = None if is_dir else entry.stat(follow_symlinks=False)
+                tree.root.fd = root_fd = os.open(path, DIR_FLAGS)
             except OSError as e:
-                if e.errno in _VANISHED:
+                if e.errno != errno.ENOTDIR:  # not a symlink or a file: counted as itself
+                    raise _Stop(e.errno or errno.EIO, path) from None
+                self._root_file(path)
+                return
+            root_dev = os.fstat(root_fd).st_dev if self.flags & ONE_FILE_SYSTEM else None
+            self.sums["dirs"] = 1
+            self._new_record(tree.root, None, 0, b"")
+            stack = [tree.root]
+            while stack:
+                node = stack.pop()
+                if node is not tree.root and not self._open(node):
                     continue
-                raise _failed(e, tree.path(node, name)) from None
-            if root_files:
-                count.snapshot_file(node.fd, name, st)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                if st.st_dev != root_dev:
-                    continue  # another filesystem: not entered, not counted
-                is_dir = True
-            if is_dir:
-                count.dirs += 1
-                stack.append(tree.child(node, name))
-                continue
-            try:
-                count.add(node.fd, name, st)  # type: ignore[arg-type]
-            except OSError as e:
-                raise _failed(e, tree.path(node, name)) from None
+                try:
+                    self._read_dir(node, root_dev, stack)
+                finally:
+                    tree.settle(node)
+        finally:
+            tree.close()
+
+    def _root_file(self, path: bytes) -> None:
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):  # a directory again: it changed under us
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        except OSError as e:
+            raise _Stop(e.errno or errno.EIO, path) from None
+        self.count(None, path, st, None, 0)
+
+    def _open(self, node: DirNode) -> bool:
+        """Open node from its parent; False if it is gone (or could not be read, KEEP_GOING)."""
+        tree = self.tree
+        try:
+            tree.open(node)
+            return True
+        except OSError as e:
+            if e.errno not in CHANGED:  # else gone, or replaced by a file or a symlink meanwhile
+                self.failed(e, node)
+            return False
+        finally:
+            tree.release(node.parent)  # type: ignore[arg-type]
+
+    def _new_record(self, node: DirNode, parent, index: int, name: bytes) -> None:
+        if not self.flags & RECORDS:
+            return
+        if node.depth <= self.b.max_depth:
+            rec = [self.rec_of[parent][5] if parent is not None else -1, index, name, 0, 0, len(self.records)]
+            self.records.append(rec)
+            self.rec_of[node] = rec
+        else:
+            self.rec_of[node] = self.rec_of[parent]
+
+    def _read_dir(self, node: DirNode, root_dev, stack: list) -> None:
+        """Count node's non-directories and push its subdirectories."""
+        tree = self.tree
+        root_files = self.flags & SNAPSHOT_FILES and node is tree.root
+        exclude = self.b.exclude
+        try:
+            it = os.scandir(node.fd)
+        except OSError as e:
+            self.failed(e, node)
+            return
+        with it:
+            index = -1
+            while True:
+                try:
+                    entry = next(it)
+                except StopIteration:
+                    break
+                except OSError as e:  # getdents failed: what was read counts
+                    if e.errno not in _VANISHED:
+                        self.failed(e, node)
+                    break
+                index += 1
+                name = os.fsencode(entry.name)
+                if exclude is not None and exclude(tree.path(node, name)):
+                    continue
+                try:
+                    is_dir = root_dev is None and entry.is_dir(follow_symlinks=False)
+                    st = None if is_dir else entry.stat(follow_symlinks=False)
+                except OSError as e:
+                    if e.errno not in _VANISHED:
+                        self.failed(e, node, name)
+                    continue
+                if root_files:
+                    self.snapshot_file(node.fd, name, st)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    if st.st_dev != root_dev:
+                        continue  # another filesystem: not entered, not counted
+                    is_dir = True
+                if is_dir:
+                    self.sums["dirs"] += 1
+                    child = tree.child(node, name)
+                    self._new_record(child, node, index, name)
+                    stack.append(child)
+                    continue
+                try:
+                    self.count(node.fd, name, st, node, index)  # type: ignore[arg-type]
+                except OSError as e:
+                    raise _Stop(e.errno or errno.EIO, tree.path(node, name)) from None
+
+
+def walk(paths: list, flags: int, workers: int = 0, *, blocks: int = NO_BLOCKS, block_size: int = 4096,
+         force: bool = False, max_depth: int = -1, exclude=(), progress=None, stop_on_error: bool = False) -> tuple:
+    """Walk each path (bytes); returns ([Walked per path], shared_physical of all the walks).
+
+    *workers* (0: as many as help) is only checked: Python holds the GIL.  With
+    *stop_on_error*, the paths after the first one whose walk failed are left out (None).
+    See _du.walk for the options."""
+    if workers < 0:
+        raise ValueError("workers must be at least 0")
+    if block_size < 512 or block_size > _pyblocks.CHUNK or block_size & (block_size - 1):
+        raise ValueError("block_size must be a power of two from 512 to 1 MiB")
+    batch = _Batch(flags, blocks, block_size, force, max_depth, exclude, progress)
+    no_proc = (flags & SHARED_EXTENTS or blocks != NO_BLOCKS) and not proc_mounted()
+    out: list = []
+    for p in paths:
+        if stop_on_error and out and (out[-1] is None or out[-1].error is not None):
+            out.append(None)  # a loop of walks would have stopped at the failure
+            continue
+        w = _Walk(p, batch)
+        out.append(w.result((NO_PROC, b"/proc")) if no_proc else w.run())
+    return out, _union(batch.ranges) if flags & SHARED_EXTENTS else 0
 
 
 def dir_size(base_dir, name) -> int:
-    return walk(encode_path(base_dir, name), 0)[0]
+    r = walk([encode_path(base_dir, name)], 0)[0][0]
+    if r.error is not None:
+        from ._errors import walk_error
+        raise walk_error(*r.error)
+    return r.allocated
 
 
-def walk_many(paths: list, flags: int, workers: int, stop_on_error: bool) -> list:
-    """Same contract as _du.walk_many.  Python code holds the GIL, so threads
-    would not help: the walks run one after another and *workers* is only checked."""
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
-    out: list = [None] * len(paths)
-    budget = fd_budget(1)
-    ranges: list = []
-    for i, p in enumerate(paths):
+class DataRanges:
+    """The merged data runs of the regular file at *path*, a batch at a time (the same
+    contract as _du.DataRanges).  The file is opened as a file job is
+    (_pyblocks.open_counted); a failure raises _errors.Failure(status, errno, path, 0)."""
+
+    def __init__(self, path: bytes, block: int) -> None:
+        from ._errors import Failure
+        self.fd = -1
+        self.block = block
+        self.next = 0
         try:
-            count = _walk(p, flags, budget)
+            st = os.lstat(path)
         except OSError as e:
-            out[i] = e
-            if stop_on_error:
-                break
-            continue
-        out[i] = count.result()
-        if flags & SNAPSHOT_FILES:
-            out[i] += (*count.named, count.meta)
-            ranges += count.ranges
-    if flags & SNAPSHOT_FILES:
-        return out, _union(ranges) if flags & SHARED_EXTENTS else 0  # type: ignore[return-value]
-    return out
+            raise Failure(FAILED, e.errno or errno.EIO, path, 0) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise Failure(FAILED, errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL, path, 0)
+        if not proc_mounted():
+            raise Failure(FAILED, NO_PROC, path, 0)
+        fd, why = _pyblocks.open_counted(None, path, st, _pyblocks._READ, _leases.read())
+        if fd is None:
+            if why == "leased":
+                raise Failure(LEASED, errno.EAGAIN, path, 0)
+            raise Failure(FAILED, errno.ESTALE if why == "changed" else (why.errno or errno.EIO), path, 0)
+        self.fd = fd
+
+    def batch(self, limit: int) -> tuple:
+        """(runs, done): up to *limit* runs from where the last batch ended."""
+        from ._errors import Failure
+        if self.fd < 0 or self.next < 0:
+            return [], True
+        try:
+            runs, self.next = _pyblocks.data_runs(self.fd, os.fstat(self.fd).st_size, self.block, self.next, limit)
+        except OSError as e:
+            raise Failure(FAILED, e.errno or errno.EIO, None, 0) from None
+        return runs, self.next < 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def thread_cap() -> int:

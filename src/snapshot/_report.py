@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from ._errors import MetaError
+from ._errors import MetaError, file_error, walk_error
 from ._paths import ROOTFS_META_NAME
 from ._size import snapshot_names, snapshot_walks, to_usage
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 5
     from typing import Callable, Dict, List, Optional
     from ._paths import StrPath
     from ._usage import Usage
+    from ._walked import Walked
 
 _SUFFIXES = "KMGTPEZYRQ"
 
@@ -96,25 +97,25 @@ def _escape_char(c: str) -> str:
 # ---- building -------------------------------------------------------------------
 
 class Row:
-    """One snapshot: its walk's tuple (see _size.snapshot_walks) and its rootfs.meta
-    fields.  Properties name what the tuple holds; the renderers read it column by column."""
+    """One snapshot: its walk's Walked and its rootfs.meta fields.  Properties name what the
+    walk holds; the renderers read it column by column."""
 
-    __slots__ = ("name", "totals", "shared", "meta", "zero")
+    __slots__ = ("name", "walked", "shared", "meta", "zero")
 
-    def __init__(self, name: str, walked: tuple, shared: bool, meta: Optional[tuple]) -> None:
+    def __init__(self, name: str, walked: Walked, shared: bool, meta: Optional[tuple]) -> None:
         self.name = name
-        self.totals = walked
+        self.walked = walked
         self.shared = shared
         self.meta = meta  # (base_template, template_id, vcpus, memory_mb), or None without a readable file
         self.zero: Optional[int] = None  # with zero=True: allocated bytes in all-zero blocks (scan_blocks)
 
     @property
     def usage(self) -> Usage:
-        return to_usage(self.totals[:7], self.shared)
+        return to_usage(self.walked, self.shared)
 
-    memory_ranges = property(lambda self: self.totals[7], doc="allocated bytes of memory-ranges, or None")
-    rootfs_cow = property(lambda self: self.totals[8], doc="allocated bytes of rootfs.cow, or None")
-    rootfs_ext4 = property(lambda self: self.totals[9], doc="allocated bytes of rootfs.ext4, or None")
+    memory_ranges = property(lambda self: self.walked.named[0], doc="allocated bytes of memory-ranges, or None")
+    rootfs_cow = property(lambda self: self.walked.named[1], doc="allocated bytes of rootfs.cow, or None")
+    rootfs_ext4 = property(lambda self: self.walked.named[2], doc="allocated bytes of rootfs.ext4, or None")
     base_template = property(lambda self: None if self.meta is None else self.meta[0])
     vcpus = property(lambda self: None if self.meta is None else self.meta[2])
     memory_mb = property(lambda self: None if self.meta is None else self.meta[3])
@@ -136,16 +137,16 @@ class Report:
         """One Usage field of every row: allocated, apparent, shared or exclusive."""
         rows = self.rows
         if attr == "allocated":
-            return [r.totals[0] for r in rows]
+            return [r.walked.allocated for r in rows]
         if attr == "apparent":
-            return [r.totals[1] for r in rows]
+            return [r.walked.apparent for r in rows]
         if attr == "zero":
             return [r.zero for r in rows]
         if not self.shared:
             return [None] * len(rows)
         if attr == "shared":
-            return [r.totals[4] for r in rows]
-        return [r.totals[0] - r.totals[4] for r in rows]  # exclusive
+            return [r.walked.shared for r in rows]
+        return [r.walked.allocated - r.walked.shared for r in rows]  # exclusive
 
     def total(self, attr: str) -> Optional[int]:
         values = self.column(attr)
@@ -153,7 +154,7 @@ class Report:
 
 
 def _minus_allocated(row: Row) -> int:
-    return -row.totals[0]
+    return -row.walked.allocated
 
 
 def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
@@ -162,16 +163,18 @@ def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
     report = Report(os.fsdecode(base), shared)
     names = snapshot_names(base)
     results, physical = snapshot_walks(base, names, workers=workers, shared_extents=shared,
-                                       count_links=count_links, one_file_system=one_file_system)
+                                       count_links=count_links, one_file_system=one_file_system, zero=zero)
     if shared:
         report.shared_physical = physical
+    report.zero = zero
     errors, rows = report.errors, report.rows
     prefix = os.path.join(report.base, "")  # ends with a separator
     for name, r in zip(names, results):
-        if type(r) is not tuple:  # the walk's OSError
-            errors.append(f"cannot access '{printable(os.fsdecode(r.filename))}': {r.strerror}")
+        if r.error is not None:
+            e = walk_error(*r.error)
+            errors.append(f"cannot access '{printable(os.fsdecode(e.filename))}': {e.strerror}")
             continue
-        raw = r[10]
+        raw = r.meta
         meta = None
         if raw is not None:
             try:
@@ -182,12 +185,14 @@ def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
                 errors.append(f"bad metadata '{printable(f'{prefix}{name}/{ROOTFS_META_NAME}')}': {e.reason}")
             except OSError as e:
                 errors.append(f"cannot read '{printable(os.fsdecode(e.filename))}': {e.strerror}")
-        rows.append(Row(name, r, shared, meta))
-    if zero:
-        from ._sparse import zero_bytes  # only here: most reports do not read data
-        report.zero = True
-        for row, z in zip(rows, zero_bytes([os.fsencode(f"{prefix}{r.name}") for r in rows], workers=workers)):
-            row.zero = z
+        row = Row(name, r, shared, meta)
+        if zero:
+            row.zero = r.zero
+            for status, err, where, fstype in r.failures:  # the figure would be wrong: left out
+                e = file_error(status, err, where, fstype, force="--force")
+                errors.append(f"cannot read '{printable(os.fsdecode(where))}': {e.strerror}")
+                row.zero = None
+        rows.append(row)
     # Names come sorted, and the sort is stable: equal sizes stay in name order.
     rows.sort(key=_minus_allocated)
     return report
@@ -235,9 +240,8 @@ def table(report: Report, unit: str) -> str:
     def total(values) -> str:
         return fmt(sum(filter(None, values)))
 
-    walked = [r.totals for r in rows]
     metas = [r.meta or _NO_META for r in rows]
-    files = [[t[i] for t in walked] for i in (7, 8, 9)]
+    files = [[r.walked.named[i] for r in rows] for i in range(3)]
     cols = [
         text("SNAPSHOT", _printable_all([r.name for r in rows]), f"total ({len(rows)})"),
         sizes("ALLOCATED", report.column("allocated"), format_size(report.total("allocated"), unit)),

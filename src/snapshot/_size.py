@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import sys
 
-from ._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, SNAPSHOT_FILES, UNIQUE_INODES
+from ._codes import NO_BLOCKS, ONE_FILE_SYSTEM, SCAN, SHARED_EXTENTS, SNAPSHOT_FILES, UNIQUE_INODES
+from ._errors import walk_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
     from typing import Dict, Iterable, List, Optional, Union
     from ._paths import StrPath
     from ._usage import Usage
+    from ._walked import Walked
 
 if sys.platform.startswith("linux"):
     from . import _du as _impl  # must build on Linux: see setup.py
@@ -30,7 +32,8 @@ def dir_size(base_dir: StrPath, name: str) -> int:
     return _impl.dir_size(base_dir, name)
 
 
-def _flags(count_links: bool, one_file_system: bool, shared_extents: bool) -> int:
+def flags(count_links: bool = True, one_file_system: bool = False, shared_extents: bool = False) -> int:
+    """The walk options for usage()'s arguments."""
     return ((0 if count_links else UNIQUE_INODES) | (ONE_FILE_SYSTEM if one_file_system else 0)
             | (SHARED_EXTENTS if shared_extents else 0))
 
@@ -41,32 +44,41 @@ USAGE_FIELDS = ("allocated", "apparent", "files", "dirs", "shared", "exclusive",
                 "unmapped_files")
 
 
-def usage_values(t: tuple, shared_extents: bool) -> tuple:
-    """A walk's 7 totals as the values of USAGE_FIELDS (None for the FIEMAP ones without it)."""
-    allocated, apparent, files, dirs, shared, phys, unmapped = t
+def usage_values(r: Walked, shared_extents: bool) -> tuple:
+    """A walk's sums as the values of USAGE_FIELDS (None for the FIEMAP ones without it)."""
     if not shared_extents:
-        return (allocated, apparent, files, dirs, None, None, None, None)
-    return (allocated, apparent, files, dirs, shared, allocated - shared, phys, unmapped)
+        return (r.allocated, r.apparent, r.files, r.dirs, None, None, None, None)
+    return (r.allocated, r.apparent, r.files, r.dirs, r.shared, r.allocated - r.shared, r.shared_physical,
+            r.unmapped)
 
 
-def to_usage(t: tuple, shared_extents: bool) -> Usage:
+def to_usage(r: Walked, shared_extents: bool) -> Usage:
     from ._usage import Usage  # only here: dataclasses costs start-up time (see __init__)
-    return Usage(*usage_values(t, shared_extents))
+    return Usage(*usage_values(r, shared_extents))
 
 
-def walk(path: Union[StrPath, bytes], *, workers: int = 1, count_links: bool = True,
-         one_file_system: bool = False, shared_extents: bool = False) -> tuple:
-    """usage() without the Usage: the walk's 7 totals (see usage_values)."""
-    flags = _flags(count_links, one_file_system, shared_extents)
-    return _impl.walk(os.fsencode(path), flags, _workers(workers, _impl.thread_cap()))
+def walk_paths(paths: list, flags: int, workers: Optional[int] = None, **options) -> tuple:
+    """The one way below paths: _impl.walk on encoded paths, *workers* checked.
+    Returns ([Walked per path], shared_physical)."""
+    return _impl.walk(paths, flags, _workers(workers), **options)
 
 
-def usage(path: Union[StrPath, bytes], *, workers: int = 1, count_links: bool = True,
+def walk(path: Union[StrPath, bytes], *, workers: Optional[int] = None, count_links: bool = True,
+         one_file_system: bool = False, shared_extents: bool = False) -> Walked:
+    """usage() without the Usage: the walk's Walked; raises its failure."""
+    r = walk_paths([os.fsencode(path)], flags(count_links, one_file_system, shared_extents), workers)[0][0]
+    if r.error is not None:
+        raise walk_error(*r.error)
+    return r
+
+
+def usage(path: Union[StrPath, bytes], *, workers: Optional[int] = None, count_links: bool = True,
           one_file_system: bool = False, shared_extents: bool = False) -> Usage:
     """Everything one walk of *path* finds; see Usage.
 
-    *workers* threads walk the one tree together (at most 4 per CPU); the
-    result is the same whatever their number."""
+    *workers* threads walk the one tree together (at most 4 per CPU); None lets the walk
+    start as many as help (one per CPU, more while they wait for the disk).  The result is
+    the same whatever their number."""
     return to_usage(walk(path, workers=workers, count_links=count_links, one_file_system=one_file_system,
                          shared_extents=shared_extents), shared_extents)
 
@@ -78,22 +90,17 @@ def snapshot_names(base_dir: StrPath) -> List[str]:
         return sorted(os.fsdecode(e.name) for e in it if e.is_dir(follow_symlinks=False))
 
 
-def default_workers() -> int:
-    """Every CPU the process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _workers(workers: Optional[int], n: int) -> int:
-    """Threads to start: at most *n* (the names, or the walker's cap).
+def _workers(workers: Optional[int]) -> int:
+    """The walk's thread count: 0 for None (as many as help), else *workers* (the walk caps it).
 
     TypeError unless *workers* is None or an int (a bool is not a count); ValueError below 1."""
     if workers is None:
-        workers = default_workers()
+        return 0
     if not isinstance(workers, int) or isinstance(workers, bool):
         raise TypeError(f"workers must be an int or None, not {type(workers).__name__}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
-    return max(1, min(workers, n, _impl.thread_cap()))
+    return min(workers, _impl.thread_cap())
 
 
 def _name_list(names) -> list:
@@ -117,39 +124,35 @@ def _encode_all(base_dir, names: list) -> tuple:
 
 
 def snapshot_walks(base_dir: StrPath, names: List[str], *, workers: Optional[int] = None,
-                   count_links: bool = True, one_file_system: bool = False,
-                   shared_extents: bool = False) -> tuple:
-    """The fleet report's walks (see _report): each snapshot in parallel, with what
-    the walk saw of its files.  Returns (results, shared_physical of them all);
-    each result is the walk's OSError, or a tuple: the 7 totals (to_usage makes a
-    Usage of them), the allocated bytes of memory-ranges, rootfs.cow and rootfs.ext4
-    (None if absent), and rootfs.meta as _meta.read_raw gives it (None if absent)."""
+                   count_links: bool = True, one_file_system: bool = False, shared_extents: bool = False,
+                   zero: bool = False) -> tuple:
+    """The fleet report's walk (see _report): every snapshot, with what the walk saw of its
+    files (Walked.named, .meta) and, with *zero*, the zero bytes of its files (a SCAN job).
+    Returns ([Walked per name], shared_physical of them all)."""
     paths, bad = _encode_all(base_dir, names)
     if bad is not None:
         raise bad
-    flags = _flags(count_links, one_file_system, shared_extents) | SNAPSHOT_FILES
-    results, physical = _impl.walk_many(paths, flags, _workers(workers, len(paths)), False)
-    # Without stop_on_error every path is walked: each result is a tuple or an OSError.
-    return results, physical
+    return walk_paths(paths, flags(count_links, one_file_system, shared_extents) | SNAPSHOT_FILES, workers,
+                      blocks=SCAN if zero else NO_BLOCKS)
 
 
 def dir_sizes(base_dir: StrPath, names: Optional[Iterable[str]] = None, *,
               workers: Optional[int] = None) -> Dict[str, int]:
-    """{name: dir_size(base_dir, name)} for many snapshots, sized on *workers* threads.
+    """{name: dir_size(base_dir, name)} for many snapshots, sized on *workers* threads
+    (None: as many as help).
 
     *names* defaults to every directory in *base_dir* (snapshot_names).  The result
     is what a loop of dir_size gives, errors included: the first name, in order,
     that fails raises its own exception (OSError subclass, ValueError or TypeError)."""
     names = snapshot_names(base_dir) if names is None else _name_list(names)
     paths, bad = _encode_all(base_dir, names)
-    n = _workers(workers, len(paths))
-    results = _impl.walk_many(paths, 0, n, True)
+    results = walk_paths(paths, 0, workers, stop_on_error=True)[0]
     out = {}
     for name, r in zip(names, results):
-        if isinstance(r, OSError):
-            raise r
         assert r is not None  # names are left unwalked (None) only after a failed one
-        out[name] = r[0]
+        if r.error is not None:
+            raise walk_error(*r.error)
+        out[name] = r.allocated
     if bad is not None:
         raise bad
     return out

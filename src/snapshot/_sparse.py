@@ -1,38 +1,31 @@
 """Which allocated blocks hold data: scan_blocks, data_ranges and sparsify.
 
-A paused VM's memory-ranges is huge and sparse, and much of what is allocated in
-it is zero pages: disk that nobody needs.  scan_blocks says how much is data and
-how much is allocated zeros; data_ranges gives the map of data blocks (what a
-compact memory diff is built from); sparsify punches the zero blocks out.
+A paused VM's memory-ranges is huge and sparse, and much of what is allocated in it is zero
+pages: disk that nobody needs.  scan_blocks says how much is data and how much is allocated
+zeros; data_ranges gives the map of data blocks (what a compact memory diff is built from);
+sparsify punches the zero blocks out.
 
-The compiled module (_blocks) does the work without the GIL, reading allocated
-regions only; _pyblocks is its pure-Python reference with the same rules, used
-where _blocks is not built.  Failures come back as numbers and become exceptions
-here, in one place (_failure).
+Every file is reached by the walker (_size.walk_paths), relative to its directory's
+descriptor, as a file job: the walk that counts a tree also scans or punches its regular
+files, each inode once per call.  The results come back as numbers and become exceptions
+here and in _errors.
 """
 from __future__ import annotations
 
-import errno
 import os
-import stat
-import sys
 from dataclasses import dataclass
 
-from . import _pyblocks
-from ._errors import os_error
+from . import _size
+from ._codes import CHUNK, DRY_RUN, PUNCH, SCAN
+from ._errors import FORCE_ARG, Failure, file_error, walk_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
-    from typing import Iterator, List, Optional, Tuple
+    from typing import Iterator, Optional, Tuple
     from ._paths import StrPath
+    from ._walked import Walked
 
-if sys.platform.startswith("linux"):
-    from . import _blocks as _impl
-else:  # pragma: no cover - no such machine here
-    _impl = _pyblocks  # type: ignore[assignment]
-
-_RANGE_BATCH = 4096  # runs per compiled call of data_ranges: memory stays bounded
-GONE = (errno.ENOENT, errno.ESTALE)  # a file removed or replaced since it was listed: skipped
+_RANGE_BATCH = 4096  # runs per batch of data_ranges: memory stays bounded
 
 
 @dataclass(frozen=True)
@@ -55,182 +48,109 @@ class Sparsified:
     allocated_after: int  # and after (with dry_run: before - punched)
 
 
-def _files(path: bytes) -> Tuple[List[bytes], List[Tuple[int, int]], int]:
-    """(regular files, their (st_dev, st_ino), allocated bytes of every non-directory)
-    below *path*, or *path* itself; symlinks are never followed."""
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        if stat.S_ISREG(st.st_mode):
-            return [path], [(st.st_dev, st.st_ino)], st.st_blocks * 512
-        return [], [], st.st_blocks * 512
-    paths, idents, allocated = [], [], 0
-    for root, dirs, names, root_fd in os.fwalk(path, follow_symlinks=False):
-        for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            try:
-                s = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # gone meanwhile
-            allocated += s.st_blocks * 512
-            if stat.S_ISREG(s.st_mode):
-                paths.append(os.path.join(root, name))
-                idents.append((s.st_dev, s.st_ino))
-    return paths, idents, allocated
-
-
-def _workers(workers: Optional[int], n: int) -> int:
-    from ._size import _workers as checked
-    return checked(workers, max(n, 1))
-
-
 def _block(block_size) -> int:
     if not isinstance(block_size, int) or isinstance(block_size, bool):
         raise TypeError(f"block_size must be an int, not {type(block_size).__name__}")
-    if block_size < 512 or block_size > _pyblocks.CHUNK or block_size & (block_size - 1):
-        raise ValueError(f"block_size must be a power of two from 512 to {_pyblocks.CHUNK}, not {block_size}")
+    if block_size < 512 or block_size > CHUNK or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two from 512 to {CHUNK}, not {block_size}")
     return block_size
 
 
+def walk_blocks(path: StrPath, mode: int, *, workers: Optional[int] = None, block_size: int = 4096,
+                force: bool = False, progress=None) -> Walked:
+    """One walk of *path* in which every regular file gets the file job *mode*."""
+    return _size.walk_paths([os.fsencode(path)], 0, workers, blocks=mode, block_size=block_size, force=force,
+                            progress=progress)[0][0]
+
+
+def first_failure(r: Walked, force: str = FORCE_ARG) -> Optional[OSError]:
+    """The exception for a walk's failure, else for its first failed file job (by path)."""
+    if r.error is not None:
+        return walk_error(*r.error)
+    if r.failures:
+        return file_error(*min(r.failures, key=lambda f: f[2]), force=force)
+    return None
+
+
 def scan_blocks(path: StrPath, *, block_size: int = 4096, workers: Optional[int] = None) -> BlockUsage:
-    """How much of a file, or of every regular file below a directory, is data and
-    how much is allocated zeros (see BlockUsage).  Holes are never read; files are
-    spread over *workers* threads (default: every CPU).  OSError subclasses name
-    the file that failed; a file removed or replaced meanwhile is skipped."""
-    block = _block(block_size)
-    paths, idents, allocated = _files(os.fsencode(path))
-    results = _impl.run(paths, idents, _pyblocks.SCAN, block, _workers(workers, len(paths)), False)
-    files = data = zero = 0
-    for p, (status, err, _, _, d, z, _) in zip(paths, results):
-        if status != _pyblocks.DONE:
-            if err in GONE:
-                continue
-            raise _failure(status, err, p)
-        files += 1
-        data += d
-        zero += z
-    return BlockUsage(files, allocated, data, zero)
+    """How much of a file, or of every regular file below a directory, is data and how
+    much is allocated zeros (see BlockUsage).  Holes are never read; files are spread over
+    *workers* threads (None: as many as help); a file with several links is scanned once.
+    OSError subclasses name what failed (an unreadable directory, a file another process
+    holds a lease on: BlockingIOError); a file removed or replaced meanwhile is skipped."""
+    r = walk_blocks(path, SCAN, workers=workers, block_size=_block(block_size))
+    failure = first_failure(r)
+    if failure is not None:
+        raise failure
+    return BlockUsage(r.block_files, r.allocated, r.data, r.zero)
 
 
 def data_ranges(path: StrPath, *, block_size: int = 4096) -> Iterator[Tuple[int, int]]:
-    """The merged runs (offset, length) of data blocks of one regular file, in
-    order: the map a compact memory diff is built from.  Made in batches of
-    bounded memory; the file should not change while it is read."""
+    """The merged runs (offset, length) of data blocks of one regular file, in order: the
+    map a compact memory diff is built from.  Made in batches of bounded memory.  The file
+    is opened as the walker opens files (never through a symlink, never while another
+    process holds a lease on it: BlockingIOError); a file that shrinks or grows meanwhile
+    gives the runs that were read."""
     block = _block(block_size)
     p = os.fsencode(path)
-    st = os.lstat(p)
-    if not stat.S_ISREG(st.st_mode):
-        raise _failure(_pyblocks.FAILED, errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL, p)
-    return _ranges(p, block)
+    try:
+        reader = _size._impl.DataRanges(p, block)
+    except Failure as f:
+        raise file_error(*_named(f.args, p)) from None
+    return _ranges(reader, p)
 
 
-def _ranges(p: bytes, block: int) -> Iterator[Tuple[int, int]]:
-    start = 0
-    while start >= 0:
-        try:
-            runs, start = _impl.range_batch(p, block, start, _RANGE_BATCH)
-        except OSError as e:
-            raise _failure(_pyblocks.FAILED, e.errno or errno.EIO, p) from None
-        yield from runs
+def _named(args: tuple, path: bytes) -> tuple:
+    status, err, where, fstype = args
+    return status, err, where if where is not None else path, fstype
+
+
+def _ranges(reader, p: bytes) -> Iterator[Tuple[int, int]]:
+    try:
+        done = False
+        while not done:
+            try:
+                runs, done = reader.batch(_RANGE_BATCH)
+            except Failure as f:
+                raise file_error(*_named(f.args, p)) from None
+            yield from runs
+    finally:
+        reader.close()
 
 
 def sparsify(path: StrPath, *, dry_run: bool = False, force: bool = False,
              workers: Optional[int] = None) -> Sparsified:
-    """Punch every all-zero filesystem block in the allocated regions of a file, or
-    of every regular file below a directory.  The content stays identical: only
-    whole blocks of zeros are punched (FALLOC_FL_PUNCH_HOLE|KEEP_SIZE), and runs of
-    them in one call each, across holes.
+    """Punch every all-zero allocation unit in the allocated regions of a file, or of every
+    regular file below a directory (each inode once).  The content stays identical: only
+    whole units of zeros are punched (FALLOC_FL_PUNCH_HOLE|KEEP_SIZE), a run of them (across
+    holes, up to 8 MiB) in one call.
 
-    It never races a writer: each file is punched under a write lease, which the
-    kernel grants only while no other process has the file open; a file that is
-    open elsewhere is refused (BlockingIOError naming it) with nothing changed, and
-    if another process opens it meanwhile, punching stops at once (the lease-break
-    signal is SIGURG, which cannot kill the process).  Where no lease can be taken
-    (the filesystem or our rights offer no way to check), the file is refused
-    unless force=True.  dry_run=True changes nothing and reports what would be
-    punched.  A filesystem that cannot punch holes is an OSError naming it.
+    It never races a writer: each file is punched under a write lease, which the kernel
+    grants only while no other process has the file open; a file open elsewhere is refused
+    (BlockingIOError naming it) with nothing changed, and so is one another process holds a
+    lease on.  The lease is confirmed before every punch and after every 1 MiB read: if
+    another process opens the file meanwhile, punching stops at once (BlockingIOError; the
+    break signal is SIGURG, which cannot kill the process).  Where no lease can be taken
+    (the filesystem or our rights offer no way to check), and on filesystems whose writers a
+    lease cannot all see (overlayfs, NFS, CIFS, Ceph, 9p, FUSE), the file is refused unless
+    force=True.  A filesystem that cannot punch holes is an OSError naming it.
 
-    Every file is tried; then the first failure, in file order, is raised, with
-    ``.sparsified`` giving what was done."""
-    paths, idents, _ = _files(os.fsencode(path))
-    mode = _pyblocks.DRY_RUN if dry_run else _pyblocks.PUNCH
-    results = _impl.run(paths, idents, mode, 4096, _workers(workers, len(paths)), bool(force))
-    return summarize(paths, results, dry_run)
+    dry_run=True changes nothing and reports the zero bytes it would punch.  Punching can
+    make a filesystem add metadata (ext4's extent tree grows as extents split), so the real
+    run may free a little less than the dry run predicts; the real run's Sparsified is
+    always what st_blocks says.
+
+    Every file is tried; then the first failure (by path) is raised, with ``.sparsified``
+    giving what was done."""
+    r = walk_blocks(path, DRY_RUN if dry_run else PUNCH, workers=workers, force=bool(force))
+    return summarize(r)
 
 
-def summarize(paths: List[bytes], results: list, dry_run: bool) -> Sparsified:
-    """Sparsified of a run's results; raises the first failure with .sparsified attached."""
-    files = punched = before = after = 0
-    first = None
-    for p, (status, err, alloc, alloc_after, _, zero, _) in zip(paths, results):
-        if status == _pyblocks.DONE:
-            files += 1
-            punched += zero
-            before += alloc
-            after += alloc - zero if dry_run else alloc_after
-        elif err in GONE and status == _pyblocks.FAILED:
-            continue  # removed or replaced meanwhile
-        elif first is None:
-            first = _failure(status, err, p)
-    done = Sparsified(files, punched, before, after)
-    if first is not None:
-        first.sparsified = done  # type: ignore[attr-defined]
-        raise first
+def summarize(r: Walked, force: str = FORCE_ARG) -> Sparsified:
+    """Sparsified of a walk's results; raises the first failure with .sparsified attached."""
+    done = Sparsified(r.block_files, r.punched, r.before, r.after)
+    failure = first_failure(r, force)
+    if failure is not None:
+        failure.sparsified = done  # type: ignore[attr-defined]
+        raise failure
     return done
-
-
-def _failure(status: int, err: int, path: bytes) -> OSError:
-    """The exception for a file's status: the one place numbers become exceptions."""
-    name = os.fsdecode(path)
-    if status == _pyblocks.BUSY:
-        return BlockingIOError(errno.EAGAIN, "another process has it open; not sparsified", name)
-    if status == _pyblocks.STOPPED:
-        return BlockingIOError(errno.EAGAIN, "another process opened it while it was sparsified; stopped "
-                                             "(only zero blocks were punched)", name)
-    if status == _pyblocks.UNCHECKED:
-        return OSError(err, f"cannot check that no other process has it open (F_SETLEASE: {os.strerror(err)}); "
-                            "force=True skips the check", name)
-    if err in (errno.EOPNOTSUPP, errno.ENOTSUP):
-        return OSError(err, f"the {_fs_type(name)} filesystem cannot punch holes", name)
-    return os_error(err or errno.EIO, name)
-
-
-def _fs_type(path: str) -> str:
-    """The type of the filesystem holding *path*, from /proc/self/mountinfo ("unknown" elsewhere)."""
-    try:
-        real = os.path.realpath(path)
-        best, kind = "", "unknown"
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split(" ")
-                point = fields[4].encode().decode("unicode_escape")
-                fstype = fields[fields.index("-") + 1]
-                if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-                    best, kind = point, fstype
-        return kind
-    except (OSError, ValueError, IndexError):
-        return "unknown"
-
-
-def zero_bytes(paths: List[bytes], *, workers: Optional[int] = None) -> List[Optional[int]]:
-    """scan_blocks(p).zero for each path, in one batch on *workers* threads (the
-    fleet report's ZERO column); None for a path that cannot be scanned."""
-    files: List[bytes] = []
-    idents: list = []
-    owner: List[int] = []
-    out: List[Optional[int]] = [0] * len(paths)
-    for i, p in enumerate(paths):
-        try:
-            ps, ids, _ = _files(p)
-        except OSError:
-            out[i] = None
-            continue
-        files += ps
-        idents += ids
-        owner += [i] * len(ps)
-    results = _impl.run(files, idents, _pyblocks.SCAN, 4096, _workers(workers, len(files)), False)
-    for i, (status, err, _, _, _, zero, _) in zip(owner, results):
-        current = out[i]
-        if status != _pyblocks.DONE and err not in GONE:
-            out[i] = None
-        elif current is not None:
-            out[i] = current + zero
-    return out

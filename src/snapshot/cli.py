@@ -15,7 +15,9 @@ import os
 import sys
 
 from . import _output, _report
-from ._size import USAGE_FIELDS, default_workers, usage_values, walk
+from ._errors import file_error, walk_error
+from ._codes import KEEP_GOING, NO_BLOCKS, SCAN
+from ._size import USAGE_FIELDS, flags, usage_values, walk_paths
 from ._version import __version__
 
 TYPE_CHECKING = False
@@ -87,24 +89,28 @@ def _say(msg: str) -> None:
 
 
 def _paths_mode(args, warn, emit) -> bool:
-    """du -s over PATHs, each line emitted as soon as it is known; True if one failed."""
+    """du -s over PATHs, each line emitted as soon as it is known; True if one failed.
+    As du, a directory that cannot be read is reported and the rest still counted: the
+    line shows what could be read."""
     apparent = args.apparent_size or args.unit == "b"
     unit = args.unit or "k"
     failed = False
     records = []
     total = total_shared = total_exclusive = total_zero = 0
-    workers = default_workers() if args.workers is None else args.workers
+    walk_flags = flags(args.count_links, args.one_file_system, args.shared) | KEEP_GOING
     for path in args.paths:
-        try:
-            # The walk's totals, not a Usage: dataclasses would cost more start-up time than the walk.
-            u = dict(zip(USAGE_FIELDS, usage_values(
-                walk(path, workers=workers, count_links=args.count_links, one_file_system=args.one_file_system,
-                     shared_extents=args.shared), args.shared)))
-        except OSError as e:
+        # The walk's sums, not a Usage: dataclasses would cost more start-up time than the walk.
+        r = walk_paths([os.fsencode(path)], walk_flags, args.workers, blocks=SCAN if args.zero else NO_BLOCKS)[0][0]
+        for err, where in r.errors:
+            warn(f"cannot read directory '{_report.printable(os.fsdecode(where))}': {os.strerror(err)}")
+            failed = True
+        if r.error is not None:
+            e = walk_error(*r.error)
             shown = path if e.filename is None else os.fsdecode(e.filename)
             warn(f"cannot access '{_report.printable(shown)}': {e.strerror}")
             failed = True
             continue
+        u = dict(zip(USAGE_FIELDS, usage_values(r, args.shared)))
         size = u["apparent"] if apparent else u["allocated"]
         total += size
         cols = [_report.format_size(size, unit)]
@@ -114,13 +120,12 @@ def _paths_mode(args, warn, emit) -> bool:
             cols += [_report.format_size(u["shared"], unit), _report.format_size(u["exclusive"], unit)]
         zero = None
         if args.zero:
-            from ._sparse import scan_blocks  # only here: start-up time (README, "Start-up time")
-            try:
-                zero = scan_blocks(path, workers=workers).zero
-            except OSError as e:
-                shown = path if e.filename is None else os.fsdecode(e.filename)
-                warn(f"cannot read '{_report.printable(shown)}': {e.strerror}")
+            zero = r.zero
+            for status, err, where, fstype in r.failures:
+                e = file_error(status, err, where, fstype, force="--force")
+                warn(f"cannot read '{_report.printable(os.fsdecode(where))}': {e.strerror}")
                 failed = True
+                zero = None
             total_zero += zero or 0
             cols.append(_report.format_size(zero, unit))
         if args.json:

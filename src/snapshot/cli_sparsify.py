@@ -12,11 +12,15 @@ error; 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import threading
 import time
 
-from . import _pyblocks, _report, _sparse
+from . import _report, _size, _sparse
+from ._codes import DRY_RUN, PUNCH
+from ._errors import file_error, walk_error
 from ._version import __version__
 
 TYPE_CHECKING = False
@@ -25,6 +29,7 @@ if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 5
 
 PROG = "snapshot-sparsify"
 PROGRESS_AFTER = 0.5  # seconds before a progress line appears (on a terminal only)
+PROGRESS_EVERY = 0.25  # seconds between two updates of it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,23 +46,49 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _Progress:
-    """One line on stderr, rewritten, while a long run goes on: only on a terminal."""
+    """One line on stderr, rewritten while a long run goes on, only on a terminal: the bytes
+    scanned and punched so far, inside a single huge file too.  A thread reads the walk's
+    counters (data flows one way: the walk writes numbers, this thread reads them)."""
 
     def __init__(self) -> None:
         self.on = sys.stderr is not None and sys.stderr.isatty()
-        self.start = time.monotonic()
         self.shown = False
 
-    def update(self, files: int, total: int, freed: int) -> None:
-        if self.on and time.monotonic() - self.start >= PROGRESS_AFTER:
-            sys.stderr.write(f"\r{PROG}: {files}/{total} files, {_report.human(freed)} freed\x1b[K")
+    @contextlib.contextmanager
+    def watching(self, counters, dry_run: bool):
+        if not self.on:
+            yield
+            return
+        stop = threading.Event()
+        start = time.monotonic()
+
+        def show() -> None:
+            while not stop.wait(PROGRESS_EVERY):
+                if time.monotonic() - start >= PROGRESS_AFTER:
+                    read, punched = counters.read()
+                    verb = "would punch" if dry_run else "punched"
+                    self._write(f"\r{PROG}: {_report.human(read)} scanned, {_report.human(punched)} {verb}\x1b[K")
+        t = threading.Thread(target=show, name="snapshot-sparsify progress", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+            self.clear()
+
+    def _write(self, text: str) -> None:
+        try:
+            sys.stderr.write(text)
             sys.stderr.flush()
             self.shown = True
+        except (OSError, ValueError):
+            self.on = False
 
     def clear(self) -> None:
         if self.shown:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+            self.shown = False
+            self._write("\r\x1b[K")
             self.shown = False
 
 
@@ -90,33 +121,24 @@ def _main(argv: Optional[List[str]], progress: _Progress) -> int:
         parser.error("--workers must be at least 1")
     if "" in args.paths:
         parser.error("an empty PATH")
-    workers = _sparse._workers(args.workers, 1 << 30)
-    mode = _pyblocks.DRY_RUN if args.dry_run else _pyblocks.PUNCH
+    mode = DRY_RUN if args.dry_run else PUNCH
     unit = "h" if args.human_readable else "k"
     failed = False
     for path in args.paths:
-        try:
-            files, idents, _ = _sparse._files(os.fsencode(path))
-        except OSError as e:
-            _say(f"cannot access '{_report.printable(path)}': {e.strerror}")
+        counters = _size._impl.Progress()
+        with progress.watching(counters, args.dry_run):
+            r = _sparse.walk_blocks(path, mode, workers=args.workers, force=args.force, progress=counters)
+        if r.error is not None:
+            e = walk_error(*r.error)
+            _say(f"cannot access '{_report.printable(os.fsdecode(e.filename))}': {e.strerror}")
             failed = True
+        for status, err, where, fstype in sorted(r.failures, key=lambda f: f[2]):
+            why = file_error(status, err, where, fstype, force="--force").strerror
+            _say(f"'{_report.printable(os.fsdecode(where))}': {why}")
+            failed = True
+        if r.error is not None and not r.block_files:
             continue
-        results: list = []
-        for i in range(0, len(files), workers):  # a batch at a time, for the progress line
-            results += _sparse._impl.run(files[i:i + workers], idents[i:i + workers], mode, 4096, workers,
-                                         args.force)
-            progress.update(len(results), len(files), sum(r[5] for r in results if r[0] == _pyblocks.DONE))
-        progress.clear()
-        try:
-            done = _sparse.summarize(files, results, args.dry_run)
-        except OSError as first:
-            done = first.sparsified  # type: ignore[attr-defined]
-            for p, r in zip(files, results):
-                if r[0] != _pyblocks.DONE and not (r[0] == _pyblocks.FAILED and r[1] in _sparse.GONE):
-                    why = _sparse._failure(r[0], r[1], p).strerror
-                    _say(f"'{_report.printable(os.fsdecode(p))}': {why}")
-            failed = True
-        freed = done.punched if args.dry_run else done.allocated_before - done.allocated_after
+        freed = r.punched if args.dry_run else r.before - r.after
         sys.stdout.write(f"{_report.format_size(freed, unit)}\t{path}\n")
         sys.stdout.flush()
     return 1 if failed else 0

@@ -48,7 +48,7 @@ class SnapshotCollector:
 
     def __init__(self, base_dir: StrPath, *, shared: bool = False, workers: Optional[int] = None) -> None:
         if workers is not None:
-            _workers(workers, 1)  # TypeError or ValueError now, not at every scrape
+            _workers(workers)  # TypeError or ValueError now, not at every scrape
         self.base_dir = base_dir
         self.shared = bool(shared)
         self.workers = workers

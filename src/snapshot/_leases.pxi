@@ -1,0 +1,112 @@
+# Other processes' leases, from /proc/locks (the pure-Python twin is _leases.py).
+#
+# Opening a file that another process holds a lease on starts the kernel's lease break
+# before the open returns, even with O_NONBLOCK (fs/locks.c, __break_lease): the holder is
+# signalled and its break timer starts.  So a file is looked up here before it is opened
+# for FIEMAP, a scan or a punch.  /proc/locks names a lease by its superblock's device and
+# inode: "3: LEASE  ACTIVE    WRITE 4321 fd:00:789 0 EOF".
+
+cdef enum:
+    LOCKS_MAX_BYTES = 64 << 20  # far beyond any real table: a bound on what is read
+
+cdef uint64_t ANY_DEV = 0xFFFFFFFFFFFFFFFFULL
+
+cdef struct LeaseSet:
+    InodeSet keys   # (st_dev, st_ino) of every leased file
+    InodeSet inos   # (ANY_DEV, st_ino): for btrfs, whose st_dev is not its superblock's
+
+
+cdef void leases_free(LeaseSet *s) noexcept nogil:
+    free(s.keys.keys)
+    free(s.inos.keys)
+    s.keys.keys = s.inos.keys = NULL
+    s.keys.cap = s.keys.used = s.inos.cap = s.inos.used = 0
+
+
+cdef int leases_read(LeaseSet *s) noexcept nogil:
+    """Fill *s* (zeroed) with the leases /proc/locks lists now: 0, or ENOMEM.
+    Without /proc there is nothing to read, and nothing is added."""
+    cdef int fd = c_open(b"/proc/locks", O_RDONLY | O_CLOEXEC)
+    cdef size_t cap = 65536, n = 0
+    cdef long got
+    cdef char *buf
+    cdef char *grown
+    cdef int rc
+    if fd < 0:
+        return 0
+    buf = <char *>malloc(cap + 1)
+    if buf == NULL:
+        close(fd)
+        return ENOMEM
+    while True:
+        got = sys_read(fd, buf + n, cap - n)
+        if got <= 0:
+            break
+        n += <size_t>got
+        if n == cap:
+            if cap >= LOCKS_MAX_BYTES:
+                break
+            grown = <char *>realloc(buf, cap * 2 + 1)
+            if grown == NULL:
+                free(buf)
+                close(fd)
+                return ENOMEM
+            buf = grown
+            cap *= 2
+    close(fd)
+    buf[n] = 0
+    rc = leases_parse(s, buf, n)
+    free(buf)
+    return rc
+
+
+cdef int leases_parse(LeaseSet *s, char *text, size_t n) noexcept nogil:
+    cdef char *line = text
+    cdef char *end = text + n
+    cdef char *nl
+    cdef char *tok
+    cdef unsigned long major, minor
+    cdef uint64_t ino
+    cdef int leased
+    while line < end:
+        nl = <char *>memchr(line, b'\n', end - line)
+        if nl == NULL:
+            nl = end
+        nl[0] = 0
+        leased = strstr(line, b" LEASE ") != NULL or strstr(line, b" DELEG ") != NULL
+        tok = line
+        while leased and tok < nl:
+            while tok < nl and tok[0] == b' ':
+                tok += 1
+            if parse_dev_ino(tok, &major, &minor, &ino):
+                if inode_add(&s.keys, makedev(major, minor), ino) < 0 or inode_add(&s.inos, ANY_DEV, ino) < 0:
+                    return ENOMEM
+                break
+            while tok < nl and tok[0] != b' ':
+                tok += 1
+        line = nl + 1
+    return 0
+
+
+cdef int parse_dev_ino(const char *tok, unsigned long *major, unsigned long *minor, uint64_t *ino) noexcept nogil:
+    """MAJOR:MINOR:INODE (hex, hex, decimal), as fs/locks.c prints it; 1 if *tok* is one."""
+    cdef char *p
+    major[0] = strtoul(tok, &p, 16)
+    if p == tok or p[0] != b':':
+        return 0
+    tok = p + 1
+    minor[0] = strtoul(tok, &p, 16)
+    if p == tok or p[0] != b':':
+        return 0
+    tok = p + 1
+    ino[0] = strtoull(tok, &p, 10)
+    return p != tok and (p[0] == b' ' or p[0] == 0)
+
+
+cdef int lease_held(LeaseSet *s, const struct_stat *st, int fd) noexcept nogil:
+    """1 if another process (or this one, elsewhere) holds a lease on the file *fd*, whose
+    stat is *st*.  On btrfs the inode number alone decides: /proc/locks names the
+    superblock's device, which btrfs does not report as st_dev."""
+    if s.inos.used == 0 or not inode_has(&s.inos, ANY_DEV, st.st_ino):
+        return 0
+    return inode_has(&s.keys, st.st_dev, st.st_ino) or snap_fs_type(fd) == BTRFS_SUPER_MAGIC

@@ -1,0 +1,62 @@
+"""Other processes' leases, from /proc/locks: the pure-Python twin of _leases.pxi.
+
+Opening a file that another process holds a lease on starts the kernel's lease break
+before the open returns, even with O_NONBLOCK (fs/locks.c, __break_lease): the holder is
+signalled and its break timer starts.  So before a file is opened for FIEMAP, a scan or a
+punch, its (st_dev, st_ino) is looked up among the leases /proc/locks lists, and a leased
+file is left alone.  A lease taken after /proc/locks was read is not seen: that window
+remains (README, "Never race a writer").
+"""
+from __future__ import annotations
+
+import os
+
+LOCKS = "/proc/locks"
+_BTRFS_MAGIC = 0x9123683E
+
+
+class Leases:
+    """The leases held when it was made: (dev, ino) pairs, and inode numbers alone."""
+
+    __slots__ = ("keys", "inos")
+
+    def __init__(self, text: str = "") -> None:
+        self.keys = set()
+        self.inos = set()
+        for line in text.splitlines():
+            fields = line.split()
+            if "LEASE" not in fields and "DELEG" not in fields:
+                continue
+            for f in fields:
+                parts = f.split(":")
+                if len(parts) == 3 and parts[2].isdigit():
+                    try:
+                        dev = os.makedev(int(parts[0], 16), int(parts[1], 16))
+                    except ValueError:
+                        continue
+                    self.keys.add((dev, int(parts[2])))
+                    self.inos.add(int(parts[2]))
+                    break
+
+    def held(self, st: os.stat_result, fd: int) -> bool:
+        """Whether the file *fd* (stat *st*) is leased.  /proc/locks names the superblock's
+        device, which btrfs does not report as st_dev (each subvolume has its own): there,
+        the inode number alone decides, erring on the side of leaving the file alone."""
+        if st.st_ino not in self.inos:
+            return False
+        return (st.st_dev, st.st_ino) in self.keys or _fs_type(fd) == _BTRFS_MAGIC
+
+
+def read() -> Leases:
+    """The leases now.  Without /proc (no /proc/locks) there is nothing to read: the walk
+    that needs it has already failed for want of /proc/self/fd."""
+    try:
+        with open(LOCKS, encoding="ascii", errors="replace") as f:
+            return Leases(f.read())
+    except FileNotFoundError:
+        return Leases()
+
+
+def _fs_type(fd: int) -> int:
+    from ._pyblocks import fs_type  # the one statfs reader of the twin
+    return fs_type(fd)
