@@ -22,7 +22,7 @@ import time
 import pytest
 
 import snapshot
-from conftest import WALKERS, LeaseHolder, Swapper, as_nobody, make_deep
+from conftest import WALKERS, LeaseHolder, Swapper, as_nobody, bind_twin, make_deep
 from snapshot import cli
 from test_blocks import oracle, sha256
 from test_walker import inotify_opens, run_limited
@@ -618,7 +618,6 @@ MASK_CALLS = {
 def test_worker_threads_block_every_signal(many_files, monkeypatch, what):
     if WALKERS["openat"] is None:
         pytest.skip("the compiled twin is built on Linux only (the Python twin starts no threads)")
-    from conftest import bind_twin
     bind_twin("openat", monkeypatch.setattr)
     seen = signal_masks_of_new_threads(lambda: MASK_CALLS[what](many_files))
     assert seen, "no worker thread was seen"
