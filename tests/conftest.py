@@ -5,6 +5,7 @@ import contextlib
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -19,18 +20,26 @@ except ImportError:  # only off Linux; _size refuses to import on Linux without 
 WALKERS = {"openat": _du, "python": _pydu}
 
 
+def bind_twin(name: str, setattr=setattr) -> None:
+    """Bind snapshot's public API, sizing and block functions alike, to one twin ("openat",
+    compiled, or "python"): the walker reaches every file, so it is the one switch.  The
+    walker fixture does it through monkeypatch; a subprocess started with cwd=tests/ does it
+    with `import conftest; conftest.bind_twin(name)`."""
+    setattr(_size, "_impl", WALKERS[name])
+
+
 @pytest.fixture(params=sorted(WALKERS))
 def walker(request, monkeypatch):
-    """Run the test with snapshot's public API bound to one walker."""
+    """Run the test with snapshot's public API (walker and block functions) bound to one twin."""
     impl = WALKERS[request.param]
     if impl is None:
         pytest.skip("the compiled walker is built on Linux only")
-    monkeypatch.setattr(_size, "_impl", impl)
+    bind_twin(request.param, monkeypatch.setattr)
     return impl
 
 
-def as_nobody(fn, *args, cwd_fd=None):
-    """Run fn(*args) in a forked child that has dropped root for user nobody.
+def as_nobody(fn, *args, cwd_fd=None, uid=65534):
+    """Run fn(*args) in a forked child that has dropped root for user nobody (or *uid*).
 
     Root ignores permission bits, so permission errors can only be seen by an
     unprivileged process.  pytest's tmp_path lies below a 0700 directory, so the
@@ -56,7 +65,7 @@ def as_nobody(fn, *args, cwd_fd=None):
                 os.fchdir(cwd_fd)
             os.setgroups([])
             os.setgid(65534)
-            os.setuid(65534)
+            os.setuid(uid)
             try:
                 out = ("ok", fn(*args))
             except BaseException as e:  # sent back to the parent
@@ -209,9 +218,9 @@ class Swapper:
         os.waitpid(self.pid, 0)
 
 
-def make_deep(root: bytes, levels: int, name_len: int = 200) -> tuple:
-    """levels of directories a<i> (name_len bytes), each beside a leaf b<i> holding a 5000-byte
-    file, so that a walk holds many directories at once.  Returns (allocated, files, dirs)."""
+def make_deep(root: bytes, levels: int, name_len: int = 200, content: bytes = b"z" * 5000) -> tuple:
+    """levels of directories a<i> (name_len bytes), each beside a leaf b<i> holding a file f of
+    *content*, so that a walk holds many directories at once.  Returns (allocated, files, dirs)."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     allocated = 0
     try:
@@ -223,7 +232,7 @@ def make_deep(root: bytes, levels: int, name_len: int = 200) -> tuple:
             bf = os.open(b, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             try:
                 f = os.open(b"f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=bf)
-                os.write(f, b"z" * 5000)
+                os.write(f, content)
                 allocated += os.fstat(f).st_blocks * 512
                 os.close(f)
             finally:
@@ -261,3 +270,69 @@ class Lying(str):
 
     def __str__(self):
         return "safe"
+
+
+# ---- issue 16: one traversal, one crew (test_one_traversal.py, test_walker.py) ---------------------
+
+F_SETSIG = 10  # fcntl(2), Linux; Python's fcntl module may not name it
+
+
+class LeaseHolder:
+    """Another process holding a write lease on *path*, as a VM's would.
+
+    Its lease-break signal (F_SETSIG) is a real-time signal that it blocks and counts:
+    real-time signals queue, so every break the kernel starts is seen.  query() asks it
+    over a pipe: (break signals received so far, what F_GETLEASE says now).  A lease under
+    a break says F_RDLCK or F_UNLCK, so F_WRLCK means no break was ever started.  Skips the
+    test where the filesystem or kernel grants no write lease."""
+
+    SIGNAL = signal.SIGRTMIN + 1
+
+    def __init__(self, path) -> None:
+        cmd_r, cmd_w = os.pipe()
+        ans_r, ans_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the holder
+            try:
+                os.close(cmd_w)
+                os.close(ans_r)
+                self._serve(path, cmd_r, ans_w)
+            finally:
+                os._exit(0)
+        os.close(cmd_r)
+        os.close(ans_w)
+        self._cmd, self._ans = cmd_w, os.fdopen(ans_r, "rb")
+        ready = self._ans.readline()
+        if ready != b"ready\n":
+            self.stop()
+            pytest.skip(f"this filesystem or kernel grants no write lease: {ready.decode(errors='replace')}")
+
+    @classmethod
+    def _serve(cls, path, cmd_r: int, ans_w: int) -> None:
+        import fcntl
+        signal.pthread_sigmask(signal.SIG_BLOCK, [cls.SIGNAL])  # counted below, never lost
+        try:
+            fd = os.open(path, os.O_RDWR)
+            fcntl.fcntl(fd, F_SETSIG, cls.SIGNAL)
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as e:
+            os.write(ans_w, f"{e}\n".encode())
+            return
+        os.write(ans_w, b"ready\n")
+        breaks = 0
+        while os.read(cmd_r, 1):
+            while signal.sigtimedwait([cls.SIGNAL], 0) is not None:
+                breaks += 1
+            os.write(ans_w, b"%d %d\n" % (breaks, fcntl.fcntl(fd, fcntl.F_GETLEASE)))
+
+    def query(self) -> tuple:
+        """(break signals received, F_GETLEASE): (0, fcntl.F_WRLCK) while the lease is intact."""
+        os.write(self._cmd, b"q")
+        breaks, lease = self._ans.readline().split()
+        return int(breaks), int(lease)
+
+    def stop(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        os.close(self._cmd)
+        self._ans.close()

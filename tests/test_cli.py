@@ -13,7 +13,9 @@ import snapshot
 from snapshot import cli
 from snapshot._report import human, printable
 
-pytestmark = pytest.mark.usefixtures("walker")
+# Each test that sizes in this process runs against both walkers; those that only parse
+# arguments, format numbers or run a subprocess do not take the fixture (they would only run twice).
+WALKED = pytest.mark.usefixtures("walker")
 
 
 def run(args, capsys):
@@ -61,6 +63,7 @@ def dir_sizes_of(root):
     (["-x"], ["-s", "-x"]),
     (["-c"], ["-s", "-c"]),
 ])
+@WALKED
 def test_matches_du_allocated(trees, capsys, ours, theirs):
     rc, out, err = run(ours + trees, capsys)
     assert rc == 0 and err == ""
@@ -73,6 +76,7 @@ def test_matches_du_allocated(trees, capsys, ours, theirs):
 
 @pytest.mark.parametrize("ours, theirs", [(["-b"], ["-sb"]), (["-b", "-l"], ["-sb", "-l"]),
                                          (["--apparent-size", "-b"], ["-s", "--apparent-size", "-B1"])])
+@WALKED
 def test_matches_du_apparent_less_directories(trees, capsys, ours, theirs):
     rc, out, _ = run(ours + [trees[0]], capsys)
     size, path = out.strip().split("\t")
@@ -81,6 +85,7 @@ def test_matches_du_apparent_less_directories(trees, capsys, ours, theirs):
     assert int(size) == int(du_size) - dir_sizes_of(trees[0])
 
 
+@WALKED
 def test_apparent_size_in_kib_rounds_up(tmp_path, capsys):
     (tmp_path / "f").write_bytes(b"x" * 1025)
     rc, out, _ = run(["--apparent-size", tmp_path / "f"], capsys)
@@ -97,6 +102,7 @@ def test_human_units_are_du_units(tmp_path, size):
     assert human(size) == du("-h", "--apparent-size", f)[0][0]
 
 
+@WALKED
 def test_unreadable_path_reported_and_others_printed(tmp_path, capsys):
     (tmp_path / "ok").write_bytes(b"x" * 100)
     rc, out, err = run([tmp_path / "missing", tmp_path / "ok"], capsys)
@@ -118,6 +124,7 @@ def test_help(capsys):
     assert rc == 0 and "--snapshots" in out and "--human-readable" in out
 
 
+@WALKED
 def test_json_paths(trees, capsys):
     rc, out, _ = run(["--json", "-c", *trees], capsys)
     doc = json.loads(out)
@@ -145,6 +152,7 @@ def make_fleet(base):
     return base
 
 
+@WALKED
 def test_snapshots_table(tmp_path, capsys):
     base = make_fleet(tmp_path / "base")
     rc, out, err = run(["--snapshots", base, "-b"], capsys)
@@ -164,6 +172,7 @@ def test_snapshots_table(tmp_path, capsys):
     assert lines[-1].split()[:3] == ["total", "(3)", str(sum(sizes.values()))]
 
 
+@WALKED
 def test_snapshots_corrupt_meta_is_reported_and_row_kept(tmp_path, capsys):
     base = make_fleet(tmp_path / "base")
     (base / "middle" / snapshot.ROOTFS_META_NAME).write_bytes(b'{"vcpus":"2"}')
@@ -173,6 +182,7 @@ def test_snapshots_corrupt_meta_is_reported_and_row_kept(tmp_path, capsys):
     assert any(line.startswith("middle ") for line in out.splitlines())
 
 
+@WALKED
 def test_snapshots_units(tmp_path, capsys):
     base = make_fleet(tmp_path / "base")
     _, kib, _ = run(["--snapshots", base], capsys)
@@ -183,6 +193,7 @@ def test_snapshots_units(tmp_path, capsys):
         assert [line.split()[1] for line in h.splitlines() if line.startswith(name + " ")] == [human(n)]
 
 
+@WALKED
 def test_snapshots_json(tmp_path, capsys):
     base = make_fleet(tmp_path / "base")
     rc, out, _ = run(["--snapshots", base, "--json"], capsys)
@@ -199,6 +210,7 @@ def test_snapshots_json(tmp_path, capsys):
     assert "shared" not in by["big"]
 
 
+@WALKED
 def test_snapshots_prometheus_parses_back(tmp_path, capsys):
     from prometheus_client.parser import text_string_to_metric_families
     base = make_fleet(tmp_path / "base")
@@ -220,6 +232,7 @@ def test_snapshots_prometheus_parses_back(tmp_path, capsys):
     assert "snapshot_shared_bytes" not in fams
 
 
+@WALKED
 def test_output_file_is_replaced_atomically(tmp_path, capsys):
     base = make_fleet(tmp_path / "base")
     out_dir = tmp_path / "textfile"
@@ -234,6 +247,7 @@ def test_output_file_is_replaced_atomically(tmp_path, capsys):
     assert rc == 1 and "cannot write" in err
 
 
+@WALKED
 def test_snapshots_shared_columns_on_reflink_fs(xfs, capsys):
     from prometheus_client.parser import text_string_to_metric_families
     (xfs / "base" / "tpl").mkdir(parents=True)
@@ -274,6 +288,7 @@ def test_console_script_and_module_entry_points(tmp_path):
 
 # ---- du's habits --------------------------------------------------------------------
 
+@WALKED
 def test_summarize_is_accepted_as_du_takes_it(trees, capsys):
     rc, out, err = run(["-sh", *trees], capsys)
     assert (rc, err) == (0, "")
@@ -305,6 +320,7 @@ def test_the_distribution_installs_the_snapshot_package_and_both_commands():
     assert f"pip install {DISTRIBUTION}" in readme and f"pip install '{DISTRIBUTION}[prometheus]'" in readme
 
 
+@WALKED
 def test_no_path_means_the_working_directory(tmp_path, capsys, monkeypatch):
     (tmp_path / "f").write_bytes(os.urandom(9000))
     monkeypatch.chdir(tmp_path)
@@ -324,6 +340,7 @@ def sparse_tree(root, holes):
 
 
 @pytest.mark.parametrize("unit", [["-b"], ["--apparent-size", "-b"], ["--apparent-size"], []])
+@WALKED
 def test_shared_totals_are_the_sums_of_the_rows(tmp_path, capsys, unit):
     """With sparse files, apparent and allocated differ: the total's exclusive was total
     apparent minus total shared (1,074,790,518 where the rows summed to 5,251,072)."""
@@ -341,6 +358,7 @@ def test_shared_totals_are_the_sums_of_the_rows(tmp_path, capsys, unit):
     assert doc["total_shared"] == sum(p["shared"] for p in doc["paths"])
 
 
+@WALKED
 def test_fleet_shared_total_counts_each_disk_byte_once(xfs, capsys):
     """Three snapshots share one 4 MiB template: the rows say 4 MiB shared each, the total
     says 4 MiB (the set-shared bytes), and total exclusive + set-shared is the real footprint."""
@@ -384,12 +402,14 @@ def twins(tmp_path):
     return base
 
 
+@WALKED
 def test_table_tells_a_byte_from_its_escape(twins, capsys):
     rc, out, _ = run(["--snapshots", twins, "-b"], capsys)
     names = [line.split()[0] for line in out.splitlines()[1:-1]]
     assert rc == 0 and sorted(names) == ["vm-\\\\xff", "vm-\\xff"]
 
 
+@WALKED
 def test_prometheus_gives_distinct_names_distinct_labels(twins, capsys):
     from prometheus_client.parser import text_string_to_metric_families
     rc, out, _ = run(["--snapshots", twins, "--prometheus"], capsys)
@@ -398,6 +418,7 @@ def test_prometheus_gives_distinct_names_distinct_labels(twins, capsys):
     assert len(set(labels)) == 2 and sorted(labels) == sorted(printable(n) for n in TWINS)
 
 
+@WALKED
 def test_json_carries_names_that_are_not_utf8_losslessly(twins, capsys):
     import base64
     rc, out, _ = run(["--snapshots", twins, "--json"], capsys)
@@ -417,6 +438,7 @@ def test_json_carries_names_that_are_not_utf8_losslessly(twins, capsys):
 
 # ---- the report's own cost, and its errors ---------------------------------------------------
 
+@WALKED
 def test_repeated_errors_are_capped(tmp_path, capsys):
     base = tmp_path / "base"
     for i in range(45):
@@ -431,6 +453,7 @@ def test_repeated_errors_are_capped(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "directory", "huge", "huge-int"])
+@WALKED
 def test_report_refuses_what_read_meta_refuses(tmp_path, capsys, kind):
     base = make_fleet(tmp_path / "base")
     meta = base / "middle" / snapshot.ROOTFS_META_NAME
@@ -469,6 +492,7 @@ def test_report_with_a_fifo_meta_does_not_hang(tmp_path):
     assert r.returncode == 1 and "is a FIFO, not a regular file" in r.stderr
 
 
+@WALKED
 def test_report_columns_come_from_the_walk(tmp_path, capsys):
     """MEMORY, COW and ROOTFS are each file's own allocated bytes (lstat), a hard link
     counted once or not, and None for a directory of that name."""

@@ -1,12 +1,15 @@
 """Sizing and removing while others change the tree, and threads that chdir."""
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 import snapshot
-from conftest import lstat_oracle
+from conftest import WALKERS, lstat_oracle
 
 pytestmark = pytest.mark.usefixtures("walker")
 
@@ -130,24 +133,36 @@ def test_threads_sizing_while_another_chdirs(tmp_path):
     assert errors == []
 
 
-def test_library_never_changes_the_working_directory(tmp_path):
+NEVER_CHDIR = r"""
+import os, sys, conftest
+conftest.bind_twin(sys.argv[1])
+import snapshot
+base = sys.argv[2]
+os.chdir(base)  # the one chdir the trace must show: strace sees them
+snapshot.dir_sizes(base, workers=2)
+snapshot.dir_size(base, "vm0")
+snapshot.usage(base, workers=2, count_links=False, shared_extents=True)
+snapshot.scan_blocks(base, workers=2)
+snapshot.sparsify(base, dry_run=True, workers=2)
+snapshot.sparsify(base, workers=2)
+list(snapshot.data_ranges(os.path.join(base, "vm0", "d0", "inner", "f0")))
+snapshot.remove(base, "vm3")
+"""
+
+
+def test_library_never_changes_the_working_directory(tmp_path, walker):
+    """No chdir or fchdir, however brief, on any thread: strace -f sees every call, where
+    getcwd sampled from a thread could miss one."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (Debian: strace; .ci/run installs it)")
     for i in range(4):
         big_tree(tmp_path / "base" / f"vm{i}", dirs=10, files=20)
-    here = os.getcwd()
-    seen, stop = set(), threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            seen.add(os.getcwd())
-
-    w = threading.Thread(target=watch)
-    w.start()
-    try:
-        for _ in range(30):
-            snapshot.dir_sizes(tmp_path / "base", workers=2)
-            snapshot.usage(tmp_path / "base", count_links=False, shared_extents=True)
-            snapshot.remove(tmp_path, "nothing")
-    finally:
-        stop.set()
-        w.join()
-    assert seen == {here}
+    twin = next(name for name, impl in WALKERS.items() if impl is walker)
+    log = tmp_path / "trace"
+    r = subprocess.run([strace, "-f", "-qq", "-e", "trace=chdir,fchdir", "-o", str(log), sys.executable, "-c",
+                        NEVER_CHDIR, twin, str(tmp_path / "base")], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    calls = [line.split(" ", 1)[1].strip() for line in log.read_text().splitlines()]
+    assert calls == [f'chdir("{tmp_path / "base"}") = 0'], calls

@@ -238,6 +238,10 @@ cdef void _run(Batch *b, int workers, int check_signals) noexcept nogil:
             cancel(b)
             break
     pthread_mutex_unlock(&b.crew.lock)
+    pthread_mutex_lock(&b.lock)
+    snap_set(&b.go)
+    pthread_cond_broadcast(&b.more)
+    pthread_mutex_unlock(&b.lock)
     participate(me)
     pthread_mutex_lock(&b.lock)
     while b.running > 0:

@@ -20,15 +20,15 @@ class Leases:
 
     __slots__ = ("keys", "inos")
 
-    def __init__(self, text: str = "") -> None:
+    def __init__(self, text: bytes = b"") -> None:
         self.keys = set()
         self.inos = set()
         for line in text.splitlines():
             fields = line.split()
-            if "LEASE" not in fields and "DELEG" not in fields:
+            if b"LEASE" not in fields and b"DELEG" not in fields:
                 continue
             for f in fields:
-                parts = f.split(":")
+                parts = f.split(b":")
                 if len(parts) == 3 and parts[2].isdigit():
                     try:
                         dev = os.makedev(int(parts[0], 16), int(parts[1], 16))
@@ -51,7 +51,7 @@ def read() -> Leases:
     """The leases now.  Without /proc (no /proc/locks) there is nothing to read: the walk
     that needs it has already failed for want of /proc/self/fd."""
     try:
-        with open(LOCKS, encoding="ascii", errors="replace") as f:
+        with open(LOCKS, "rb") as f:  # bytes: no codec to look up (an unprivileged child may not import one)
             return Leases(f.read())
     except FileNotFoundError:
         return Leases()

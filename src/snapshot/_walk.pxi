@@ -252,6 +252,7 @@ cdef struct Batch:
     int nworkers          # atomic
     Crew crew
     int running           # crew threads still in participate()
+    int go                # the threads asked for at the start exist: work may begin
     pthread_mutex_t lock  # guards sleeping
     pthread_cond_t more
     int sleepers
@@ -436,6 +437,11 @@ cdef inline int tick(Worker *me) noexcept nogil:
 
 cdef void *worker_main(void *arg) noexcept nogil:
     cdef Worker *me = <Worker *>arg
+    if not snap_get(&me.b.go):  # workers=N: all N threads exist before any takes work
+        pthread_mutex_lock(&me.b.lock)
+        while not snap_get(&me.b.go) and not snap_get(&me.b.cancel):
+            snap_timedwait(&me.b.more, &me.b.lock, WORKER_WAIT_MS)
+        pthread_mutex_unlock(&me.b.lock)
     me.grow_wall = snap_now_ns()
     me.grow_cpu = snap_thread_cpu_ns()
     participate(me)
