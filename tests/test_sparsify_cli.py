@@ -1,6 +1,5 @@
 """snapshot-sparsify and snapshot-du --zero, as commands."""
 import filecmp
-import io
 import json
 import os
 import shutil
