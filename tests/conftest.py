@@ -336,3 +336,59 @@ class LeaseHolder:
         os.waitpid(self.pid, 0)
         os.close(self._cmd)
         self._ans.close()
+
+
+# ---- issue 17: the filesystems sparsify must be safe on ---------------------------------------------------------
+
+@pytest.fixture
+def bigalloc(tmp_path):
+    """A loop-mounted ext4 with 64 KiB clusters (mkfs.ext4 -b 4096 -O bigalloc -C 65536) inside tmp_path: it
+    allocates and frees whole clusters, though its blocks (statfs f_bsize) are 4 KiB."""
+    args = ["-b", "4096", "-O", "bigalloc", "-C", "65536"]  # 4 KiB blocks, as the issue's (mkfs picks 1 KiB here)
+    with loop_mount(tmp_path, "ext4", args, 128 << 20, "e2fsprogs") as where:
+        yield where
+
+
+class Overlay:
+    """An overlayfs: merged is the mount; writes through it land in upper; lower holds 'lower-file'."""
+
+    def __init__(self, base) -> None:
+        self.lower, self.upper, self.work, self.merged = (base / n for n in ("lower", "upper", "work", "merged"))
+
+
+@pytest.fixture
+def overlay(tmp_path):
+    """An overlayfs mounted on the test's own directories under tmp_path.  Its lower layer holds
+    'lower-file' (1 MiB of data, then 3 MiB of written zeros), made before the mount."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount an overlayfs")
+    o = Overlay(tmp_path / "ovl")
+    for d in (o.lower, o.upper, o.work, o.merged):
+        d.mkdir(parents=True)
+    with open(o.lower / "lower-file", "wb") as f:
+        f.write(b"L" * (1 << 20) + bytes(3 << 20))
+        os.fsync(f.fileno())
+    opts = f"lowerdir={o.lower},upperdir={o.upper},workdir={o.work}"
+    r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(o.merged)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount an overlayfs here: {r.stderr.strip()}")
+    try:
+        yield o
+    finally:
+        subprocess.run(["umount", str(o.merged)], check=True)
+
+
+@pytest.fixture
+def big_tmpfs(tmp_path):
+    """A tmpfs inside tmp_path with room for a 1 GiB file (pages are taken only as they are written)."""
+    where = tmp_path / "big-tmpfs"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1100m", "tmpfs", str(where)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"mount -t tmpfs failed: {r.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=True)

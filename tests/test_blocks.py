@@ -1,5 +1,6 @@
 """scan_blocks, data_ranges and sparsify, against an independent reader, on ext4 (tmp_path),
-tmpfs and a loop-mounted XFS with reflinks, for both implementations."""
+tmpfs, a loop-mounted XFS with reflinks and a loop-mounted btrfs, for both implementations.  Every
+sparsify test checks the content byte for byte against a copy made before."""
 import errno
 import hashlib
 import os
@@ -21,6 +22,7 @@ from conftest import WALKERS, as_nobody
 HERE = os.path.dirname(os.path.abspath(__file__))
 K = 4096
 UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+MIB = 1 << 20
 
 
 @pytest.fixture
@@ -29,9 +31,9 @@ def impl(walker):
     return walker
 
 
-@pytest.fixture(params=["ext4", "tmpfs", "xfs"])
+@pytest.fixture(params=["ext4", "tmpfs", "xfs", "btrfs"])
 def where(request, tmp_path):
-    """A directory on each filesystem: tmp_path (ext4 here), a tmpfs, a reflink XFS."""
+    """A directory on each filesystem: tmp_path (ext4 here), a tmpfs, a reflink XFS, a btrfs."""
     if request.param == "ext4":
         return tmp_path
     return request.getfixturevalue(request.param)
@@ -125,6 +127,40 @@ def allocated(path):
     return os.lstat(path).st_blocks * 512
 
 
+def sparse_copy(src, dst):
+    """A copy of *src* at *dst* (on tmp_path's filesystem) with holes for its all-zero MiBs: cheap for a
+    file of written zeros, and it can be compared byte for byte."""
+    zeros = bytes(MIB)
+    with open(src, "rb") as i, open(dst, "wb") as o:
+        while True:
+            chunk = i.read(MIB)
+            if not chunk:
+                break
+            if chunk == zeros[:len(chunk)]:
+                o.seek(len(chunk), os.SEEK_CUR)
+            else:
+                o.write(chunk)
+        o.truncate()
+    return dst
+
+
+def assert_same(path, copy, start=0):
+    """The bytes of *path* from *start* on are those of *copy*, and the sizes agree."""
+    assert os.path.getsize(path) == os.path.getsize(copy)
+    with open(path, "rb") as a, open(copy, "rb") as b:
+        a.seek(start)
+        b.seek(start)
+        pos = start
+        while True:
+            x, y = a.read(MIB), b.read(MIB)
+            if x != y:
+                at = next(i for i in range(min(len(x), len(y))) if x[i] != y[i]) if x and y else 0
+                pytest.fail(f"{path} differs from its copy at byte {pos + at}")
+            if not x:
+                return
+            pos += len(x)
+
+
 # ---- the scan and the map -------------------------------------------------------------------
 
 @pytest.mark.parametrize("block", [512, 4096, 65536])
@@ -187,13 +223,15 @@ def dig_holes(path):
     subprocess.run([tool, "--dig-holes", str(path)], check=True)
 
 
-def test_sparsify_frees_at_least_dig_holes_and_leaves_no_zero_block(impl, where):
+def test_sparsify_frees_at_least_dig_holes_and_leaves_no_zero_block(impl, where, tmp_path):
     ours = mixed_file(where / "ours")
     twin = mixed_file(where / "twin")
+    copy = sparse_copy(ours, tmp_path / "copy")
     before, digest = allocated(ours), sha256(ours)
     dig_holes(twin)
     result = snapshot.sparsify(ours)
     assert sha256(ours) == digest == sha256(twin)
+    assert_same(ours, copy)
     assert os.path.getsize(ours) == os.path.getsize(twin)
     assert allocated(ours) <= allocated(twin)
     assert snapshot.scan_blocks(ours).zero == 0
@@ -204,12 +242,14 @@ def test_sparsify_frees_at_least_dig_holes_and_leaves_no_zero_block(impl, where)
 
 def test_dry_run_changes_nothing_and_says_what_would_be_freed(impl, tmp_path):
     f = mixed_file(tmp_path / "f")
+    copy = sparse_copy(f, tmp_path / "copy")
     before, digest, mtime = allocated(f), sha256(f), os.stat(f).st_mtime_ns
     dry = snapshot.sparsify(f, dry_run=True)
     assert (allocated(f), sha256(f), os.stat(f).st_mtime_ns) == (before, digest, mtime)
     assert dry.punched == snapshot.scan_blocks(f).zero > 0
     real = snapshot.sparsify(f)
     assert real.punched == dry.punched and real.allocated_after == dry.allocated_after
+    assert_same(f, copy)
 
 
 def _holder(path, ready):
@@ -222,6 +262,7 @@ def _holder(path, ready):
 
 def test_a_file_open_elsewhere_is_refused_with_nothing_changed(impl, tmp_path):
     f = mixed_file(tmp_path / "f")
+    copy = sparse_copy(f, tmp_path / "copy")
     before, digest = allocated(f), sha256(f)
     p = _holder(f, None)
     try:
@@ -234,12 +275,14 @@ def test_a_file_open_elsewhere_is_refused_with_nothing_changed(impl, tmp_path):
         p.kill()
         p.wait()
     assert snapshot.sparsify(f).allocated_after < before
+    assert_same(f, copy)
 
 
 def test_others_are_still_done_when_one_is_refused(impl, tmp_path):
     d = tmp_path / "vm"
     d.mkdir()
     a, b = mixed_file(d / "a", 4 << 20), mixed_file(d / "b", 4 << 20)
+    copy_a, copy_b = sparse_copy(a, tmp_path / "copy-a"), sparse_copy(b, tmp_path / "copy-b")
     p = _holder(a, None)
     try:
         with pytest.raises(BlockingIOError) as e:
@@ -249,6 +292,8 @@ def test_others_are_still_done_when_one_is_refused(impl, tmp_path):
     finally:
         p.kill()
         p.wait()
+    assert_same(a, copy_a)
+    assert_same(b, copy_b)
 
 
 _PUNCHER = r"""
@@ -288,6 +333,7 @@ def test_an_opener_stops_the_punching_and_the_signal_kills_nothing(tmp_path, twi
         pytest.skip("the compiled twin is built on Linux only")
     f = zero_runs(tmp_path / "f", 10_000)
     digest = sha256(f)
+    copy = sparse_copy(f, tmp_path / "copy")
     waits = []
     for _ in range(3):
         before = allocated(f)
@@ -303,6 +349,7 @@ def test_an_opener_stops_the_punching_and_the_signal_kills_nothing(tmp_path, twi
         assert out.split() == [b"stopped"], out  # not "done": it stopped part way
         assert before - 10_000 * K < allocated(f) < before
         assert sha256(f) == digest
+        assert_same(f, copy)
     # Far below the kernel's lease-break-time (45 s): the puncher let go at once.
     assert statistics.median(waits) < 2, waits
 
@@ -313,6 +360,7 @@ def test_no_way_to_check_is_refused_unless_forced(impl, arena):
         pytest.skip("needs root to make a file that user nobody may write but not lease")
     path, fd = arena
     f = mixed_file(path / "f", 4 << 20)
+    copy = sparse_copy(f, path / "copy")
     os.chmod(f, 0o666)
     before = allocated(f)
 
@@ -326,6 +374,7 @@ def test_no_way_to_check_is_refused_unless_forced(impl, arena):
     assert allocated(f) == before
     forced = as_nobody(run, True, cwd_fd=fd)
     assert isinstance(forced, snapshot.Sparsified) and forced.allocated_after < before
+    assert_same(f, copy)
 
 
 def test_a_filesystem_that_cannot_punch_is_named(impl, tmp_path):
@@ -341,22 +390,27 @@ def test_a_filesystem_that_cannot_punch_is_named(impl, tmp_path):
         f = where / "f"
         f.write_bytes(b"\0" * (64 * K) + b"x" * K)
         digest = sha256(f)
+        copy = sparse_copy(f, tmp_path / "copy")
         with pytest.raises(OSError) as e:
             snapshot.sparsify(f)
         assert e.value.errno == errno.EOPNOTSUPP and "ramfs" in e.value.strerror and e.value.filename == str(f)
         assert sha256(f) == digest
+        assert_same(f, copy)
     finally:
         subprocess.run(["umount", str(where)], check=True)
 
 
-def test_punching_a_reflinked_copy_leaves_the_other_identical(impl, xfs):
+def test_punching_a_reflinked_copy_leaves_the_other_identical(impl, xfs, tmp_path):
     a = mixed_file(xfs / "a", 16 << 20)
+    copy = sparse_copy(a, tmp_path / "copy")
     subprocess.run(["cp", "--reflink=always", str(a), str(xfs / "b")], check=True)
     os.sync()
     digest = sha256(a)
     before_b = allocated(xfs / "b")
     snapshot.sparsify(xfs / "b")
     assert sha256(xfs / "b") == sha256(a) == digest
+    assert_same(xfs / "b", copy)
+    assert_same(a, copy)
     assert allocated(xfs / "b") < before_b and snapshot.scan_blocks(xfs / "b").zero == 0
     assert snapshot.scan_blocks(a).zero > 0  # the other copy keeps its blocks
 

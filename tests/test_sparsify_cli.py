@@ -11,7 +11,7 @@ import pytest
 
 import snapshot
 from snapshot import cli, cli_sparsify
-from test_blocks import allocated, mixed_file, once_punching_began, sha256, zero_runs
+from test_blocks import allocated, assert_same, mixed_file, once_punching_began, sha256, sparse_copy, zero_runs
 
 
 def run(main, args, capsys):
@@ -33,8 +33,10 @@ def fleet(tmp_path):
     return base
 
 
-def test_dry_run_then_real_run(fleet, capsys):
+def test_dry_run_then_real_run(fleet, tmp_path, capsys):
     f = fleet / "vm1" / snapshot.CH_MEM_RANGES_FILE
+    g = fleet / "vm2" / snapshot.CH_MEM_RANGES_FILE
+    copy_f, copy_g = sparse_copy(f, tmp_path / "copy-f"), sparse_copy(g, tmp_path / "copy-g")
     before, digest = allocated(f), sha256(f)
     zero = snapshot.scan_blocks(fleet / "vm1").zero
     rc, out, err = run(cli_sparsify.main, ["-n", fleet / "vm1"], capsys)
@@ -46,10 +48,14 @@ def test_dry_run_then_real_run(fleet, capsys):
     assert sha256(f) == digest and snapshot.scan_blocks(fleet).zero == 0
     rc, out, _ = run(cli_sparsify.main, ["-h", fleet], capsys)
     assert out == f"0\t{fleet}\n"
+    assert_same(f, copy_f)
+    assert_same(g, copy_g)
 
 
-def test_a_refused_file_is_exit_1_and_the_others_are_done(fleet, capsys):
+def test_a_refused_file_is_exit_1_and_the_others_are_done(fleet, tmp_path, capsys):
     held = fleet / "vm1" / snapshot.CH_MEM_RANGES_FILE
+    done = fleet / "vm2" / snapshot.CH_MEM_RANGES_FILE
+    copy_held, copy_done = sparse_copy(held, tmp_path / "copy-held"), sparse_copy(done, tmp_path / "copy-done")
     code = "import sys, time; f = open(sys.argv[1], 'rb'); print('ready', flush=True); time.sleep(600)"
     p = subprocess.Popen([sys.executable, "-c", code, str(held)], stdout=subprocess.PIPE)
     assert p.stdout.readline() == b"ready\n"
@@ -61,6 +67,8 @@ def test_a_refused_file_is_exit_1_and_the_others_are_done(fleet, capsys):
     assert rc == 1
     assert err == f"snapshot-sparsify: '{held}': another process has it open; not sparsified\n"
     assert snapshot.scan_blocks(fleet / "vm2").zero == 0 and snapshot.scan_blocks(held).zero > 0
+    assert_same(held, copy_held)
+    assert_same(done, copy_done)
 
 
 def test_usage_errors(capsys):
@@ -87,10 +95,13 @@ def test_ctrl_c_exits_130_and_leaves_the_files_whole(tmp_path):
     assert filecmp.cmp(f, copy, shallow=False)
 
 
-def test_console_script(fleet):
+def test_console_script(fleet, tmp_path):
+    f = fleet / "vm1" / snapshot.CH_MEM_RANGES_FILE
+    copy = sparse_copy(f, tmp_path / "copy")
     exe = os.path.join(os.path.dirname(sys.executable), "snapshot-sparsify")
     r = subprocess.run([exe, "-n", str(fleet)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.endswith(f"\t{fleet}\n")
+    assert_same(f, copy)
 
 
 # ---- snapshot-du --zero -------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.errno cimport (EAGAIN, EINTR, EINVAL, EISDIR, ELOOP, EMFILE, ENFILE, ENOENT, ENOMEM, ENOTDIR, ENOTTY,
                          ENXIO, EOPNOTSUPP, ESTALE)
 from libc.stdlib cimport calloc, free, malloc, realloc, strtoul, strtoull
-from libc.string cimport memchr, memcmp, memcpy, memset, strcmp, strdup, strlen, strstr
+from libc.string cimport memchr, memcmp, memcpy, memset, strcmp, strdup, strlen, strndup, strrchr, strstr
 from posix.stat cimport S_IFDIR, S_IFLNK, S_IFMT, S_IFREG
 
 import os
@@ -85,11 +85,6 @@ cdef unsigned long _main_ident = threading.main_thread().ident
 def fs_type(int fd):
     """statfs's f_type of the filesystem holding *fd* (0 if it cannot be had)."""
     return snap_fs_type(fd)
-
-
-def fs_unit(int fd):
-    """The allocation unit sparsify punches in on *fd*'s filesystem (see _zero.pxi)."""
-    return fs_unit_of(fd)
 
 
 cdef int _cpus = 0

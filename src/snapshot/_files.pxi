@@ -17,6 +17,7 @@ cdef struct Job:
     struct_stat st  # as counted
     int fiemap      # read its shared extents
     int blocks      # its block job: SCAN, PUNCH, DRY_RUN, or NO_BLOCKS
+    int64_t dir_alloc  # PUNCH, DRY_RUN: its directory's st_blocks * 512 (see alloc_unit), or 0
     size_t namelen
     char name[1]
 
@@ -78,6 +79,7 @@ cdef int file_jobs(Worker *me, Walk *w, Node *n, int dirfd, const char *name,
     job.st = now
     job.fiemap = fiemap
     job.blocks = blocks
+    job.dir_alloc = dir_alloc(dirfd, name, &now) if blocks == PUNCH or blocks == DRY_RUN else 0
     job.namelen = namelen
     memcpy(job.name, name, namelen + 1)
     if n != NULL:
@@ -93,6 +95,30 @@ cdef int file_jobs(Worker *me, Walk *w, Node *n, int dirfd, const char *name,
         snap_add(&w.dc.open_fds, -1)
     run_job(me, job, &me.t)  # at once: its sums go with its directory's
     return 0
+
+
+cdef int64_t dir_alloc(int dirfd, const char *name, const struct_stat *st) noexcept nogil:
+    """The allocated bytes of the directory holding the file (dirfd, or for the walk's path,
+    its parent), if it is on the same filesystem; 0 if it cannot be had."""
+    cdef struct_stat d
+    cdef char *parent
+    cdef const char *slash
+    cdef int rc
+    if dirfd != AT_FDCWD:
+        rc = sys_fstat(dirfd, &d)
+    else:
+        slash = strrchr(name, b'/')
+        if slash == NULL:
+            rc = sys_fstatat(AT_FDCWD, b".", &d, 0)
+        else:
+            parent = strndup(name, slash - name if slash != name else 1)
+            if parent == NULL:
+                return 0
+            rc = sys_fstatat(AT_FDCWD, parent, &d, 0)
+            free(parent)
+    if rc != 0 or d.st_dev != st.st_dev:
+        return 0
+    return <int64_t>d.st_blocks * 512
 
 
 cdef void job_release(Job *job) noexcept nogil:
@@ -144,6 +170,7 @@ cdef void run_job(Worker *me, Job *job, Totals *into) noexcept nogil:
     cdef Totals mine
     cdef Totals *t = into
     cdef int fd = -1, e = 0, held
+    cdef long fstype
     cdef uint64_t shared
     if stopped(w):
         job_release(job)
@@ -152,6 +179,16 @@ cdef void run_job(Worker *me, Job *job, Totals *into) noexcept nogil:
         totals_zero(&mine)
         t = &mine
         me.ranges.n = 0
+    if job.blocks == PUNCH or job.blocks == DRY_RUN:
+        # Refused on the O_PATH descriptor, before any open: opening an overlayfs lower file
+        # for writing would copy it up.
+        fstype = snap_fs_type(job.pfd)
+        if unsafe_fs(fstype) and not w.b.force:
+            job_failed(w, UNSAFE_FS, EOPNOTSUPP, fstype, job.dir, job.name if job.dir != NULL else NULL)
+            job.blocks = NO_BLOCKS
+            if not job.fiemap:
+                job_release(job)
+                return
     held = job_leased(job)
     if not held:
         fd = job_reopen(job, JOB_WRITE if job.blocks == PUNCH else JOB_READ)

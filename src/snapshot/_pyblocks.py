@@ -65,14 +65,33 @@ def fs_type(fd: int) -> int:
         return 0
 
 
-def fs_unit(fd: int) -> int:
-    """The filesystem's allocation unit: punching less than a whole one frees nothing (ext4
-    bigalloc allocates clusters of several blocks) and can grow the extent tree."""
+_EXT4_MAGIC = 0xEF53
+
+
+def alloc_unit(fd: int, dir_alloc: int) -> int:
+    """The allocation unit to punch in: the filesystem's block, or on ext4 a cluster (the
+    largest power of two dividing the file's and its directory's allocated sizes, if larger
+    than the block).  See _zero.pxi, alloc_unit, for why."""
+    block = os.fstatvfs(fd).f_bsize or 4096
+    st = os.fstat(fd)
+    if fs_type(fd) != _EXT4_MAGIC or not st.st_blocks:
+        return block
+    g = st.st_blocks * 512
+    if dir_alloc > 0:
+        import math
+        g = math.gcd(g, dir_alloc)
+    g &= -g  # its largest power-of-two divisor
+    return max(block, min(g, 1 << 28))
+
+
+def dir_alloc(dir_fd, name: bytes, st: os.stat_result) -> int:
+    """The allocated bytes of the directory holding the file (dir_fd, or for the walk's path,
+    its parent), if it is on the same filesystem; 0 if it cannot be had."""
     try:
-        from ._du import fs_unit as compiled
-        return compiled(fd)
-    except ImportError:  # pragma: no cover - not Linux
-        return os.fstatvfs(fd).f_bsize
+        d = os.fstat(dir_fd) if dir_fd is not None else os.stat(os.path.dirname(name) or b".")
+    except OSError:
+        return 0
+    return d.st_blocks * 512 if d.st_dev == st.st_dev else 0
 
 
 # ---- reading the allocated regions --------------------------------------------------------
@@ -302,10 +321,12 @@ def _still_zero(fd: int, start: int, end: int) -> bool:
 
 # ---- the file job -------------------------------------------------------------------------
 
-def open_counted(dir_fd, name: bytes, counted: os.stat_result, flags: int, leases) -> tuple:
+def open_counted(dir_fd, name: bytes, counted: os.stat_result, flags: int, leases, refuse_unsafe=False) -> tuple:
     """(fd, None) of dir_fd/name reopened with *flags*, if it is still the regular file
     counted and no other process holds a lease on it; else (None, why): "changed" (skip
-    it), "leased", or an OSError.  dir_fd None means name is the path of the walk's root."""
+    it), "leased", ("unsafe", f_type) (*refuse_unsafe*: a filesystem whose writers a lease
+    cannot all see, found before any open: opening an overlayfs lower file for writing
+    would copy it up), or an OSError.  dir_fd None means name is the path of the walk's root."""
     o_path = getattr(os, "O_PATH", 0)
     try:
         pfd = os.open(name, (o_path | os.O_CLOEXEC if o_path else flags) | os.O_NOFOLLOW, dir_fd=dir_fd)
@@ -315,6 +336,8 @@ def open_counted(dir_fd, name: bytes, counted: os.stat_result, flags: int, lease
         st = os.fstat(pfd)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (counted.st_dev, counted.st_ino):
             return None, "changed"
+        if refuse_unsafe and fs_type(pfd) in UNSAFE_FILESYSTEMS:
+            return None, ("unsafe", fs_type(pfd))
         if leases is not None and leases.held(st, pfd):
             return None, "leased"
         if not o_path:  # pragma: no cover - not Linux: opened for real already
@@ -337,25 +360,29 @@ def file_job(dir_fd, name: bytes, counted: os.stat_result, mode: int, block: int
     data, zero, punched, before, after); status "changed" means it is gone or replaced
     (skipped, nothing counted).  For PUNCH and DRY_RUN, *leases* is read again just before
     the file is opened."""
-    if mode in (PUNCH, DRY_RUN):
+    punching = mode in (PUNCH, DRY_RUN)
+    if punching:
         from . import _leases
         leases = _leases.read()
-    fd, why = open_counted(dir_fd, name, counted, _WRITE if mode == PUNCH else _READ, leases)
+    fd, why = open_counted(dir_fd, name, counted, _WRITE if mode == PUNCH else _READ, leases,
+                           refuse_unsafe=punching and not force)
     if fd is None:
         if why == "changed":
             return ("changed",)
         if why == "leased":
             return (LEASED, errno.EAGAIN, 0, 0, 0, 0, 0, 0)
+        if isinstance(why, tuple):
+            return (UNSAFE_FS, errno.EOPNOTSUPP, why[1], 0, 0, 0, 0, 0)
         return (FAILED, why.errno or errno.EIO, 0, 0, 0, 0, 0, 0)
     try:
-        return _job_on(fd, mode, block, force, progress)
+        return _job_on(fd, mode, block, force, progress, dir_alloc(dir_fd, name, counted) if punching else 0)
     except OSError as e:
         return (FAILED, e.errno or errno.EIO, fs_type(fd), 0, 0, 0, 0, 0)
     finally:
         os.close(fd)
 
 
-def _job_on(fd: int, mode: int, block: int, force: bool, progress) -> tuple:
+def _job_on(fd: int, mode: int, block: int, force: bool, progress, dir_allocated: int) -> tuple:
     """The job on the open file: (status, errno, f_type, data, zero, punched, before, after);
     before and after are 0 where nothing was read or punched (a refusal)."""
     st = os.fstat(fd)
@@ -364,8 +391,6 @@ def _job_on(fd: int, mode: int, block: int, force: bool, progress) -> tuple:
         data, zero = scan(fd, st.st_size, block, progress)
         return (DONE, 0, 0, data, zero, 0, before, before)
     kind = fs_type(fd)
-    if kind in UNSAFE_FILESYSTEMS and not force:
-        return (UNSAFE_FS, errno.EOPNOTSUPP, kind, 0, 0, 0, 0, 0)
     leased = False
     if mode == PUNCH:
         err = take_lease(fd)
@@ -374,7 +399,7 @@ def _job_on(fd: int, mode: int, block: int, force: bool, progress) -> tuple:
         if err and not force:
             return (UNCHECKED, err, kind, 0, 0, 0, 0, 0)
         leased = not err
-    p = _Punch(fd, st.st_size, fs_unit(fd), mode == DRY_RUN, leased, progress)
+    p = _Punch(fd, st.st_size, alloc_unit(fd, dir_allocated), mode == DRY_RUN, leased, progress)
     try:
         p.run()
     except OSError as e:

@@ -158,12 +158,13 @@ def _minus_allocated(row: Row) -> int:
 
 
 def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
-          count_links: bool = True, one_file_system: bool = False, zero: bool = False) -> Report:
+          count_links: bool = True, one_file_system: bool = False, zero: bool = False, progress=None) -> Report:
     from ._meta import decode_fields, refusal  # only here: snapshot-du PATH... starts faster without re
     report = Report(os.fsdecode(base), shared)
     names = snapshot_names(base)
     results, physical = snapshot_walks(base, names, workers=workers, shared_extents=shared,
-                                       count_links=count_links, one_file_system=one_file_system, zero=zero)
+                                       count_links=count_links, one_file_system=one_file_system, zero=zero,
+                                       progress=progress)
     if shared:
         report.shared_physical = physical
     report.zero = zero

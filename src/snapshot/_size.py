@@ -125,7 +125,7 @@ def _encode_all(base_dir, names: list) -> tuple:
 
 def snapshot_walks(base_dir: StrPath, names: List[str], *, workers: Optional[int] = None,
                    count_links: bool = True, one_file_system: bool = False, shared_extents: bool = False,
-                   zero: bool = False) -> tuple:
+                   zero: bool = False, progress=None) -> tuple:
     """The fleet report's walk (see _report): every snapshot, with what the walk saw of its
     files (Walked.named, .meta) and, with *zero*, the zero bytes of its files (a SCAN job).
     Returns ([Walked per name], shared_physical of them all)."""
@@ -133,7 +133,7 @@ def snapshot_walks(base_dir: StrPath, names: List[str], *, workers: Optional[int
     if bad is not None:
         raise bad
     return walk_paths(paths, flags(count_links, one_file_system, shared_extents) | SNAPSHOT_FILES, workers,
-                      blocks=SCAN if zero else NO_BLOCKS)
+                      blocks=SCAN if zero else NO_BLOCKS, progress=progress)
 
 
 def dir_sizes(base_dir: StrPath, names: Optional[Iterable[str]] = None, *,

@@ -40,12 +40,18 @@ class BlockUsage:
 
 @dataclass(frozen=True)
 class Sparsified:
-    """What sparsify did (or, with dry_run, would do)."""
+    """What sparsify did (or, with dry_run, would do).
 
-    files: int  # regular files sparsified
-    punched: int  # allocated bytes of the all-zero filesystem blocks punched
-    allocated_before: int  # st_blocks * 512 of those files, before
-    allocated_after: int  # and after (with dry_run: before - punched)
+    The dry run counts the zero bytes it would punch, in whole allocation units.  Punching
+    splits extents, and a filesystem may add metadata for that (ext4's extent tree grows a
+    block when an inode's extents no longer fit), so a real run can free a little less than
+    its dry run predicted (README, "Zero blocks", for the figures measured); a real run's
+    allocated_after is always what st_blocks says afterwards."""
+
+    files: int  # regular files sparsified, each inode once
+    punched: int  # allocated bytes of the all-zero allocation units punched (dry_run: that would be)
+    allocated_before: int  # st_blocks * 512 of the files it punched, before
+    allocated_after: int  # and after, as fstat measures it (dry_run: before - punched, a prediction)
 
 
 def _block(block_size) -> int:

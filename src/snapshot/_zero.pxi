@@ -285,12 +285,36 @@ cdef int punch_block(void *ctx, int64_t bs, int64_t allocated, int nonzero) noex
 
 # ---- the job ---------------------------------------------------------------------------------
 
-cdef int64_t fs_unit_of(int fd) noexcept nogil:
-    """The filesystem's allocation unit: a cluster on ext4 bigalloc, else its block."""
+cdef int64_t alloc_unit(int fd, const struct_stat *st, int64_t dir_alloc) noexcept nogil:
+    """The allocation unit to punch in: the filesystem's block, or on ext4 a cluster.
+
+    ext4 bigalloc allocates clusters of several blocks, and punching less than one frees
+    nothing while it splits extents (the tree grows).  No interface tells the cluster size
+    (statfs, st_blksize, FIGETBSZ, statx and sysfs all give the block), but ext4 allocates in
+    whole clusters: the file's and its directory's allocated sizes are multiples of it.  So
+    the unit is the largest power of two dividing both, if larger than the block: exact for
+    a directory of one block (a snapshot's), and never smaller than the cluster, so at worst
+    less is punched, never a piece of a cluster."""
     cdef statfs s
+    cdef uint64_t g, unit
     if sys_fstatfs(fd, &s) != 0 or s.f_bsize <= 0:
         return 4096
-    return s.f_bsize
+    unit = <uint64_t>s.f_bsize
+    if s.f_type != EXT4_SUPER_MAGIC or st.st_blocks == 0:
+        return unit
+    g = <uint64_t>st.st_blocks * 512
+    if dir_alloc > 0:
+        g = gcd64(g, <uint64_t>dir_alloc)
+    g = g & (~g + 1)  # its largest power-of-two divisor
+    if g > unit:
+        unit = g if g < (<uint64_t>1 << 28) else (<uint64_t>1 << 28)
+    return unit
+
+
+cdef uint64_t gcd64(uint64_t a, uint64_t b) noexcept nogil:
+    while b:
+        a, b = b, a % b
+    return a
 
 
 cdef int unsafe_fs(long fstype) noexcept nogil:
@@ -330,9 +354,6 @@ cdef void block_job(Worker *me, Job *job, int fd, Totals *t) noexcept nogil:
             t.block_files += 1
         return
     fstype = snap_fs_type(fd)
-    if unsafe_fs(fstype) and not b.force:
-        job_failed(w, UNSAFE_FS, EOPNOTSUPP, fstype, job.dir, name)
-        return
     if job.blocks == PUNCH:
         # The lease-break signal becomes SIGURG, whose default action is none: a break can
         # never kill the process (SIGIO's would), and the lease is confirmed before each punch.
@@ -351,7 +372,7 @@ cdef void block_job(Worker *me, Job *job, int fd, Totals *t) noexcept nogil:
     c.fd = fd
     c.dry_run = job.blocks == DRY_RUN
     c.leased = leased
-    c.unit = fs_unit_of(fd)
+    c.unit = alloc_unit(fd, &st, job.dir_alloc)
     c.pending_start = -1
     c.stale_ns = b.lease_break_ns // REREAD_FRACTION
     rc = each_block(me, fd, st.st_size, c.unit, 0, punch_block, &c, leased, &err)

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from . import _output, _report
+from . import _output, _report, _size
 from ._errors import file_error, walk_error
 from ._codes import KEEP_GOING, NO_BLOCKS, SCAN
 from ._size import USAGE_FIELDS, flags, usage_values, walk_paths
@@ -98,9 +98,13 @@ def _paths_mode(args, warn, emit) -> bool:
     records = []
     total = total_shared = total_exclusive = total_zero = 0
     walk_flags = flags(args.count_links, args.one_file_system, args.shared) | KEEP_GOING
+    line = _zero_progress(args)
     for path in args.paths:
         # The walk's sums, not a Usage: dataclasses would cost more start-up time than the walk.
-        r = walk_paths([os.fsencode(path)], walk_flags, args.workers, blocks=SCAN if args.zero else NO_BLOCKS)[0][0]
+        counters = _size._impl.Progress() if line else None
+        with line.watching(counters) if line else _nothing():
+            r = walk_paths([os.fsencode(path)], walk_flags, args.workers, blocks=SCAN if args.zero else NO_BLOCKS,
+                           progress=counters)[0][0]
         for err, where in r.errors:
             warn(f"cannot read directory '{_report.printable(os.fsdecode(where))}': {os.strerror(err)}")
             failed = True
@@ -155,10 +159,28 @@ def _paths_mode(args, warn, emit) -> bool:
     return failed
 
 
+def _zero_progress(args):
+    """--zero reads the data: on a terminal, a progress line (None otherwise)."""
+    if not args.zero:
+        return None
+    from ._progress import ProgressLine  # only here: most runs read no data
+    line = ProgressLine(PROG)
+    return line if line.on else None
+
+
+def _nothing():
+    import contextlib
+    return contextlib.nullcontext()
+
+
 def _snapshots_mode(args, warn, emit) -> bool:
+    line = _zero_progress(args)
+    counters = _size._impl.Progress() if line else None
     try:
-        report = _report.build(args.snapshots, workers=args.workers, shared=args.shared,
-                               count_links=args.count_links, one_file_system=args.one_file_system, zero=args.zero)
+        with line.watching(counters) if line else _nothing():
+            report = _report.build(args.snapshots, workers=args.workers, shared=args.shared,
+                                   count_links=args.count_links, one_file_system=args.one_file_system,
+                                   zero=args.zero, progress=counters)
     except OSError as e:
         warn(f"cannot access '{_report.printable(args.snapshots)}': {e.strerror}")
         return True

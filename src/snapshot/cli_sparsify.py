@@ -12,13 +12,11 @@ error; 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import threading
-import time
 
 from . import _report, _size, _sparse
+from ._progress import ProgressLine
 from ._codes import DRY_RUN, PUNCH
 from ._errors import file_error, walk_error
 from ._version import __version__
@@ -28,8 +26,6 @@ if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 5
     from typing import List, Optional
 
 PROG = "snapshot-sparsify"
-PROGRESS_AFTER = 0.5  # seconds before a progress line appears (on a terminal only)
-PROGRESS_EVERY = 0.25  # seconds between two updates of it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,53 +41,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class _Progress:
-    """One line on stderr, rewritten while a long run goes on, only on a terminal: the bytes
-    scanned and punched so far, inside a single huge file too.  A thread reads the walk's
-    counters (data flows one way: the walk writes numbers, this thread reads them)."""
-
-    def __init__(self) -> None:
-        self.on = sys.stderr is not None and sys.stderr.isatty()
-        self.shown = False
-
-    @contextlib.contextmanager
-    def watching(self, counters, dry_run: bool):
-        if not self.on:
-            yield
-            return
-        stop = threading.Event()
-        start = time.monotonic()
-
-        def show() -> None:
-            while not stop.wait(PROGRESS_EVERY):
-                if time.monotonic() - start >= PROGRESS_AFTER:
-                    read, punched = counters.read()
-                    verb = "would punch" if dry_run else "punched"
-                    self._write(f"\r{PROG}: {_report.human(read)} scanned, {_report.human(punched)} {verb}\x1b[K")
-        t = threading.Thread(target=show, name="snapshot-sparsify progress", daemon=True)
-        t.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            t.join()
-            self.clear()
-
-    def _write(self, text: str) -> None:
-        try:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-            self.shown = True
-        except (OSError, ValueError):
-            self.on = False
-
-    def clear(self) -> None:
-        if self.shown:
-            self.shown = False
-            self._write("\r\x1b[K")
-            self.shown = False
-
-
 def _say(msg: str) -> None:
     try:
         print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
@@ -101,7 +50,7 @@ def _say(msg: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run snapshot-sparsify with *argv* (default: sys.argv[1:]); returns the exit status."""
-    progress = _Progress()
+    progress = ProgressLine(PROG)
     try:
         return _main(argv, progress)
     except KeyboardInterrupt:
@@ -114,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 141
 
 
-def _main(argv: Optional[List[str]], progress: _Progress) -> int:
+def _main(argv: Optional[List[str]], progress: ProgressLine) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
@@ -126,7 +75,7 @@ def _main(argv: Optional[List[str]], progress: _Progress) -> int:
     failed = False
     for path in args.paths:
         counters = _size._impl.Progress()
-        with progress.watching(counters, args.dry_run):
+        with progress.watching(counters, "would punch" if args.dry_run else "punched"):
             r = _sparse.walk_blocks(path, mode, workers=args.workers, force=args.force, progress=counters)
         if r.error is not None:
             e = walk_error(*r.error)

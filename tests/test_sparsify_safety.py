@@ -1,0 +1,510 @@
+"""Issue 17: sparsify never loses a write, on any filesystem it accepts.
+
+The reproductions of the issue, on real filesystems (ext4, tmpfs, ext4 bigalloc, overlayfs), each checking
+the content byte for byte against a copy made before:
+a puncher stopped (SIGSTOP) past lease-break-time must not punch the opener's write; overlayfs is refused
+unless forced; hard links are one inode, punched once; a file that changes size is no error; on bigalloc
+allocation never grows; the dry run counts whole allocation units; progress counts bytes; an opener waits
+little while a long zero run is punched."""
+import contextlib
+import os
+import pydoc
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import snapshot
+from snapshot import cli_sparsify
+from test_blocks import allocated, assert_same, impl, mixed_file, sparse_copy  # noqa: F401 (impl: a fixture)
+from test_sparsify_cli import run
+
+K = 4096
+MIB = 1 << 20
+BIN = os.path.dirname(sys.executable)
+# snapshot-sparsify with the pure-Python reference bound: argv[1] is "python" or "compiled".
+_CLI = """import sys
+from snapshot import _pydu, _size, cli_sparsify
+if sys.argv[1] == "python":
+    _size._impl = _pydu
+sys.exit(cli_sparsify.main(sys.argv[2:]))
+"""
+
+
+def sparsify_cmd(which, *args):
+    """The snapshot-sparsify command line running implementation *which* ("compiled": the console script)."""
+    if which == "compiled":
+        return [os.path.join(BIN, "snapshot-sparsify"), *map(str, args)]
+    return [sys.executable, "-c", _CLI, which, *map(str, args)]
+
+
+# ---- files ----------------------------------------------------------------------------------------------------------
+
+def write_zeros(path, size, tail=b""):
+    """*size* bytes of written (allocated) zeros, then *tail*, synced."""
+    buf = bytes(MIB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for off in range(0, size, MIB):
+            os.pwrite(fd, buf[:min(MIB, size - off)], off)
+        os.pwrite(fd, tail, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+# ---- processes ----------------------------------------------------------------------------------------------------
+
+def rchar(pid):
+    """Bytes process *pid* has read so far (/proc/PID/io), -1 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return int(f.read().split("rchar:")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def wait_reading(p, nbytes):
+    """Wait until *p* has read *nbytes* (it is then inside the file); False if it ended first."""
+    while p.poll() is None:
+        if rchar(p.pid) >= nbytes:
+            return True
+        time.sleep(0.0002)
+    return False
+
+
+@contextlib.contextmanager
+def sysctl(name, value):
+    """Set /proc/sys/NAME to *value*, restored in finally (root only: skips otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root to set {name}")
+    path = "/proc/sys/" + name.replace(".", "/")
+    with open(path) as f:
+        old = f.read().strip()
+    with open(path, "w") as f:
+        f.write(str(value))
+    try:
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(old)
+
+
+def drop_page_cache():
+    """Clean pages out of the page cache, so the next read of a file goes to the disk (slow enough to catch)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1")
+
+
+# ---- 1. a stopped puncher, a revoked lease, a write ---------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["compiled", "python"])
+def test_a_write_made_after_the_kernel_revoked_the_lease_is_never_punched(tmp_path, which):
+    """The issue's repro: snapshot-sparsify is stopped (SIGSTOP) while it reads a long zero run, past
+    lease-break-time (lowered to 1 s); the kernel revokes its lease and lets a writer in, which writes W's
+    at offset 0.  After SIGCONT the file must be stopped (exit 1), the W's intact."""
+    f = tmp_path / "memory-ranges"
+    size = 256 * MIB
+    write_zeros(f, size, b"D" * K)
+    copy = sparse_copy(f, tmp_path / "copy")
+    with sysctl("fs.lease-break-time", 1):
+        for _ in range(4):
+            write_zeros(f, size, b"D" * K)  # allocated zeros again, if a try punched them
+            drop_page_cache()
+            p = subprocess.Popen(sparsify_cmd(which, "-j", "1", f), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                if not wait_reading(p, 16 * MIB):
+                    continue  # it finished before it could be stopped: again
+                os.kill(p.pid, signal.SIGSTOP)
+                t = time.monotonic()
+                fd = os.open(f, os.O_RDWR)  # the kernel lets us in once it has revoked the lease
+                waited = time.monotonic() - t
+                try:
+                    if waited < 0.5:  # it held no lease when stopped (already done with the file): again
+                        continue
+                    os.pwrite(fd, b"W" * K, 0)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            finally:
+                p.send_signal(signal.SIGCONT)  # (only if it still runs)
+                out, err = p.communicate(timeout=120)
+            break
+        else:
+            pytest.fail("snapshot-sparsify could not be stopped while it read the file, in 4 tries")
+    assert p.returncode == 1, (out, err)
+    assert b"another process opened it" in err, err
+    with open(f, "rb") as h:
+        assert h.read(K) == b"W" * K
+    assert_same(f, copy, start=K)
+
+
+# ---- 2. overlayfs ---------------------------------------------------------------------------------------------------
+
+def test_overlayfs_is_refused_unless_forced(impl, overlay, tmp_path):
+    """A lease on the overlay inode cannot see writers through the upper or lower path."""
+    f = mixed_file(overlay.merged / "memory-ranges", 8 * MIB)
+    copy = sparse_copy(f, tmp_path / "copy")
+    before = allocated(f)
+    with pytest.raises(OSError) as e:
+        snapshot.sparsify(f)
+    msg = e.value.strerror or ""
+    assert "overlay" in msg and ("force=True" in msg or "--force" in msg), msg
+    assert e.value.filename == str(f)
+    assert allocated(f) == before
+    assert_same(f, copy)
+    done = snapshot.sparsify(f, force=True)
+    assert done.files == 1 and done.punched > 0 and allocated(f) == done.allocated_after < before
+    assert_same(f, copy)
+    assert snapshot.scan_blocks(f).zero == 0
+
+
+def test_a_refused_lower_file_is_not_even_copied_up(impl, overlay, tmp_path):
+    """Refused means nothing changed: no copy of the lower file appears in the upper layer."""
+    f = overlay.merged / "lower-file"
+    copy = sparse_copy(f, tmp_path / "copy")
+    before = allocated(f)
+    with pytest.raises(OSError) as e:
+        snapshot.sparsify(f)
+    assert "overlay" in (e.value.strerror or "")
+    assert not os.path.lexists(overlay.upper / "lower-file")
+    assert allocated(f) == before
+    assert_same(f, copy)
+
+
+def test_the_cli_refuses_overlayfs_naming_its_flag(impl, overlay, tmp_path, capsys):
+    f = mixed_file(overlay.merged / "memory-ranges", 8 * MIB)
+    copy = sparse_copy(f, tmp_path / "copy")
+    before = allocated(f)
+    rc, out, err = run(cli_sparsify.main, [f], capsys)
+    assert rc == 1 and "overlay" in err and "--force" in err and "force=True" not in err, err
+    assert allocated(f) == before
+    assert_same(f, copy)
+    rc, out, err = run(cli_sparsify.main, ["--force", f], capsys)
+    assert (rc, err) == (0, "") and allocated(f) < before
+    assert_same(f, copy)
+
+
+# ---- 3. hard links --------------------------------------------------------------------------------------------------
+
+def linked_snapshot(tmp_path):
+    """A snapshot directory holding memory-ranges and a hard link to it."""
+    d = tmp_path / "vm"
+    d.mkdir()
+    f = mixed_file(d / snapshot.CH_MEM_RANGES_FILE, 16 * MIB)
+    os.link(f, d / "memory-ranges.link")
+    return d, f
+
+
+def test_hard_links_are_one_inode_sparsified_once(impl, tmp_path):
+    d, f = linked_snapshot(tmp_path)
+    copy = sparse_copy(f, tmp_path / "copy")
+    before = allocated(f)
+    done = snapshot.sparsify(d, workers=2)
+    assert done.files == 1
+    assert (done.allocated_before, done.allocated_after) == (before, allocated(f))
+    assert done.punched > 0 and allocated(f) < before
+    assert_same(f, copy)
+    assert snapshot.scan_blocks(d).zero == 0
+
+
+def test_hard_links_on_two_workers_are_not_open_elsewhere(impl, tmp_path, capsys):
+    d, f = linked_snapshot(tmp_path)
+    copy = sparse_copy(f, tmp_path / "copy")
+    before = allocated(f)
+    rc, out, err = run(cli_sparsify.main, ["-j", "2", d], capsys)
+    assert (rc, err) == (0, ""), err
+    assert out == f"{-(-(before - allocated(f)) // 1024)}\t{d}\n"
+    assert_same(f, copy)
+    assert snapshot.scan_blocks(d).zero == 0
+
+
+# ---- 4. files that change size -------------------------------------------------------------------------------------
+
+REGIONS, STRIDE = 32, 64 * K  # 4 KiB regions, data and zeros in turn, every 256 KiB: 8 MiB at most
+
+
+def resizer(path):
+    """A child process that, until killed, truncates *path* to nothing and writes it back, region by region."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            data, zeros = b"d" * K, bytes(K)
+            while True:
+                os.ftruncate(fd, 0)
+                for i in range(REGIONS):
+                    os.pwrite(fd, data if i % 2 else zeros, i * STRIDE)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def test_a_file_that_shrinks_and_grows_meanwhile_is_no_error(impl, tmp_path):
+    f = tmp_path / "f"
+    f.write_bytes(b"")
+    largest = (REGIONS - 1) * STRIDE + K
+    pid = resizer(f)
+    calls = 0
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            got = snapshot.scan_blocks(f)
+            assert got.files == 1 and 0 <= got.data and 0 <= got.zero and got.data + got.zero <= largest, got
+            runs = list(snapshot.data_ranges(f))
+            ends = [o + n for o, n in runs]
+            assert all(n > 0 for _, n in runs) and all(e <= largest for e in ends), runs
+            assert all(ends[i] < runs[i + 1][0] for i in range(len(runs) - 1)), runs  # sorted, merged
+            calls += 2
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert calls > 100
+
+
+# ---- 5. ext4 bigalloc -----------------------------------------------------------------------------------------------
+
+CLUSTER = 64 << 10  # bytes: the clusters of the bigalloc fixture
+
+
+def cluster_file(path):
+    """A file for 64 KiB clusters: 12 MiB of 4 KiB zeros and data in turn (no all-zero cluster: punching
+    4 KiB blocks there splits extents and frees nothing), 16 all-zero clusters, then clusters with zeros
+    beside data and one all-zero cluster between them, then a hole to the end.  Few extents after a punch
+    of whole clusters: the inode holds them, so no extent tree block comes or goes."""
+    with open(path, "wb") as f:
+        f.write((bytes(K) + b"d" * K) * (12 * MIB // (2 * K)))
+        f.write(bytes(16 * CLUSTER))
+        f.write(bytes(CLUSTER - K) + b"e" * K + bytes(CLUSTER) + bytes(K) + b"f" * (CLUSTER - K))
+        f.truncate(32 * MIB)
+        os.fsync(f.fileno())
+    return path
+
+
+def test_bigalloc_allocation_never_grows_and_the_report_is_what_st_blocks_says(impl, bigalloc, tmp_path):
+    f = cluster_file(bigalloc / "memory-ranges")
+    twin = cluster_file(bigalloc / "twin")
+    copy = sparse_copy(f, tmp_path / "copy")
+    before, whole_zero = allocated(f), snapshot.scan_blocks(f, block_size=CLUSTER).zero
+    assert whole_zero == 17 * CLUSTER
+    done = snapshot.sparsify(f)
+    after = allocated(f)
+    assert after <= before, f"allocation grew from {before} to {after}"
+    assert done.allocated_before - done.allocated_after == before - after
+    assert done.allocated_after == after
+    assert before - after == whole_zero  # every all-zero cluster, and nothing more: no 4 KiB punch
+    assert done.punched == whole_zero
+    assert snapshot.scan_blocks(f, block_size=CLUSTER).zero == 0
+    assert_same(f, copy)
+    subprocess.run(["fallocate", "--dig-holes", str(twin)], check=True)
+    assert after <= allocated(twin)
+
+
+def test_bigalloc_cli_never_prints_a_negative_size(impl, bigalloc, tmp_path, capsys):
+    """The issue's case: zeros and data in turn, 4 KiB each, no all-zero cluster.  Punching the 4 KiB
+    zeros splits extents and frees nothing: the extent tree grows (today -384 is printed here)."""
+    f = bigalloc / "memory-ranges"
+    with open(f, "wb") as h:
+        h.write((bytes(K) + b"d" * K) * (12 * MIB // (2 * K)))
+        os.fsync(h.fileno())
+    copy = sparse_copy(f, tmp_path / "copy")
+    before = allocated(f)
+    rc, out, err = run(cli_sparsify.main, [f], capsys)
+    assert (rc, err) == (0, "")
+    assert not out.startswith("-"), f"allocation grew: {out}"
+    assert out == f"{-(-(before - allocated(f)) // 1024)}\t{f}\n"
+    assert_same(f, copy)
+
+
+# ---- 6. an honest dry run -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fs", ["ext4", "bigalloc"])
+def test_the_dry_run_counts_whole_allocation_units_and_the_real_run_measures(impl, request, tmp_path, fs):
+    where, unit = (tmp_path, K) if fs == "ext4" else (request.getfixturevalue("bigalloc"), CLUSTER)
+    f = cluster_file(where / "memory-ranges")
+    copy = sparse_copy(f, tmp_path / "copy")
+    before = allocated(f)
+    dry = snapshot.sparsify(f, dry_run=True)
+    assert allocated(f) == before
+    assert dry.punched == snapshot.scan_blocks(f, block_size=unit).zero > 0
+    assert (dry.allocated_before, dry.allocated_after) == (before, before - dry.punched)
+    real = snapshot.sparsify(f)
+    assert real.allocated_before == before and real.allocated_after == os.lstat(f).st_blocks * 512
+    assert_same(f, copy)
+
+
+@pytest.mark.parametrize("obj", ["sparsify", "Sparsified"])
+def test_the_docs_say_the_real_figure_can_differ(obj):
+    """Punching splits extents, and ext4's extent tree may grow: help() says the real run can differ."""
+    text = pydoc.render_doc(getattr(snapshot, obj), renderer=pydoc.plaintext).lower()
+    assert "dry" in text and "extent" in text, f"help(snapshot.{obj}) says nothing of the extent tree"
+
+
+# ---- 7. progress by bytes ------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def cpu_share(percent: float):
+    """A cgroup (v1 cpu controller) limited to *percent* of one CPU: a long run on a few hundred MiB, with
+    no disk traffic.  Yields add(pid); the group is removed in finally."""
+    root = "/sys/fs/cgroup/cpu"
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a cpu cgroup")
+    if not os.path.exists(os.path.join(root, "cpu.cfs_quota_us")):
+        pytest.skip("no cgroup v1 cpu controller at /sys/fs/cgroup/cpu")
+    group = os.path.join(root, f"snapshot-test-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.mkdir(group)
+    except OSError as e:
+        pytest.skip(f"cannot make a cpu cgroup here: {e}")
+
+    def put(pid, where=group):
+        with open(os.path.join(where, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+    try:
+        period = 100000
+        with open(os.path.join(group, "cpu.cfs_period_us"), "w") as f:
+            f.write(str(period))
+        with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as f:
+            f.write(str(max(1000, int(period * percent / 100))))
+        yield put
+    finally:
+        with open(os.path.join(group, "cgroup.procs")) as f:
+            left = f.read().split()
+        for pid in left:
+            with contextlib.suppress(OSError):
+                put(pid, root)
+        os.rmdir(group)
+
+
+def on_a_terminal(cmd, throttle):
+    """Run *cmd* with stderr on a pseudo-terminal; once it reads its file (rchar past 4 MiB) it is slowed by
+    *throttle*.  Returns (status, stdout, [(time, progress text)], raw terminal bytes, seconds it ran)."""
+    master, slave = os.openpty()
+    chunks = []
+
+    def read():
+        while True:
+            try:
+                b = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                return
+            if not b:
+                return
+            chunks.append((time.monotonic(), b))
+    reader = threading.Thread(target=read)
+    t = time.monotonic()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    reader.start()
+    try:
+        if wait_reading(p, 4 * MIB):
+            throttle(p.pid)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    ran = time.monotonic() - t
+    reader.join(timeout=10)
+    os.close(master)
+    return p.returncode, out, progress_lines(chunks), b"".join(b for _, b in chunks), ran
+
+
+def progress_lines(chunks):
+    """[(time it began, text)] of each line rewritten after a carriage return, whatever the reads' cuts."""
+    lines, text, began = [], "", None
+    for when, b in chunks:
+        for i, part in enumerate(b.decode(errors="replace").split("\r")):
+            if i:  # a carriage return: the line so far is done, a new one begins now
+                lines.append((began, text))
+                text, began = "", when
+            text += part
+            began = when if began is None else began
+    lines.append((began, text))
+    return [(when, t.replace("\x1b[K", "").strip()) for when, t in lines if t.replace("\x1b[K", "").strip()]
+
+
+def assert_progress(updates, ran, words):
+    assert ran > 2.0, f"the throttled run took only {ran:.2f} s: too short to show progress"
+    texts = [text for _, text in updates]
+    assert len(set(texts)) >= 3, f"progress inside one file: {texts}"
+    for word in words:
+        assert any(word in text for text in texts), f"no '{word}' in the progress lines: {texts}"
+    times = [when for when, _ in updates]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert statistics.median(gaps) <= 0.5 and max(gaps) <= 1.0, gaps
+
+
+def zero_file(where, mib):
+    """One big file: 4 KiB of data, *mib* MiB of written zeros, 4 KiB of data."""
+    f = where / "memory-ranges"
+    with open(f, "wb") as h:
+        h.write(b"a" * K)
+    fd = os.open(f, os.O_WRONLY)
+    try:
+        for off in range(K, K + mib * MIB, MIB):
+            os.pwrite(fd, bytes(MIB), off)
+        os.pwrite(fd, b"z" * K, K + mib * MIB)
+    finally:
+        os.close(fd)
+    return f
+
+
+def test_sparsify_progress_counts_bytes_inside_one_file_on_a_terminal_only(big_tmpfs, tmp_path):
+    f = zero_file(big_tmpfs, 256)
+    copy = sparse_copy(f, tmp_path / "copy")
+    with cpu_share(1.5) as throttle:  # about 4 s
+        rc, out, updates, raw, ran = on_a_terminal(sparsify_cmd("compiled", "-j", "1", f), throttle)
+        assert rc == 0 and out.decode() == f"{256 * MIB // 1024}\t{f}\n", (out, raw)
+        assert_progress(updates, ran, ["scanned", "punched"])
+        assert raw.endswith(b"\r\x1b[K"), raw[-200:]  # the line is cleared at the end
+        assert_same(f, copy)
+        zero_file(big_tmpfs, 256)
+        t = time.monotonic()
+        p = subprocess.Popen(sparsify_cmd("compiled", "-n", "-j", "1", f), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        if wait_reading(p, 4 * MIB):
+            throttle(p.pid)
+        out, err = p.communicate(timeout=120)
+        assert time.monotonic() - t > 1.0 and p.returncode == 0  # long enough for a line on a terminal
+        assert err == b""  # not a terminal: no progress line
+    assert_same(f, copy)
+
+
+def test_du_zero_progress_on_a_terminal(big_tmpfs):
+    f = zero_file(big_tmpfs, 512)
+    with cpu_share(1.5) as throttle:  # about 4 s
+        rc, out, updates, raw, ran = on_a_terminal([os.path.join(BIN, "snapshot-du"), "--zero", "-b", str(f)],
+                                                   throttle)
+    assert rc == 0 and out.decode().split("\t")[1] == str(512 * MIB), (out, raw)
+    assert_progress(updates, ran, ["scanned"])
+
+
+# ---- 8. the bounded wait -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["compiled", "python"])
+def test_an_opener_waits_little_while_a_long_zero_run_is_punched(big_tmpfs, tmp_path, which):
+    """1 GiB of written zeros on tmpfs: today the opener waits for the whole run to be read and punched
+    (about 250 ms).  Loose bound: a median of 3 under 50 ms (the goal, 5 ms, is the benchmark's)."""
+    f = big_tmpfs / "memory-ranges"
+    write_zeros(f, 1 << 30, b"D" * K)
+    copy = sparse_copy(f, tmp_path / "copy")
+    waits = []
+    while len(waits) < 3:
+        write_zeros(f, 1 << 30, b"D" * K)
+        p = subprocess.Popen(sparsify_cmd(which, "-j", "1", f), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if wait_reading(p, 64 * MIB):
+            t = time.monotonic()
+            fd = os.open(f, os.O_RDONLY)
+            waits.append(time.monotonic() - t)
+            os.close(fd)
+        out, err = p.communicate(timeout=60)
+        assert (p.returncode, err) == (0, b"") or (p.returncode == 1 and b"another process opened it" in err), err
+        assert_same(f, copy)
+    assert statistics.median(waits) < 0.05, waits
