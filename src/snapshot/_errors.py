@@ -2,7 +2,9 @@
 
 Both walkers report failures as (errno, path bytes); this module turns them
 into the matching OSError subclass (FileNotFoundError, PermissionError, ...)
-with ``errno``, ``strerror`` and a ``filename`` in the caller's str form.
+with ``errno``, ``strerror`` and a ``filename``.  A ``filename`` has the type
+of the path the caller gave, as ``os`` functions do: bytes for bytes, str for
+str or a str PathLike (``as_given`` puts the walkers' bytes in that form).
 """
 from __future__ import annotations
 
@@ -26,7 +28,17 @@ class MetaError(ValueError):
 
 
 def os_error(errno: int, path) -> OSError:
-    """OSError(errno, strerror, filename) picks the subclass that matches errno."""
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    return OSError(errno, os.strerror(errno), path)
+    """OSError(errno, strerror, filename) picks the subclass that matches errno.
+    The filename is *path* in its own type (a PathLike as os.fspath gives it)."""
+    return OSError(errno, os.strerror(errno), os.fspath(path))
+
+
+def as_given(e: OSError, given) -> OSError:
+    """*e*, its filename turned into the type of *given*, the path the caller
+    passed (the walkers name files in bytes whatever they were given)."""
+    name = e.filename
+    if isinstance(name, (str, bytes)):
+        want_bytes = isinstance(os.fspath(given), bytes)
+        if want_bytes != isinstance(name, bytes):
+            e.filename = os.fsencode(name) if want_bytes else os.fsdecode(name)
+    return e

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ._errors import as_given
 from ._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, SNAPSHOT_FILES, UNIQUE_INODES
 
 TYPE_CHECKING = False
@@ -27,7 +28,10 @@ else:  # pragma: no cover - no such machine here
 
 def dir_size(base_dir: StrPath, name: str) -> int:
     """The seed's DirSize: st_blocks*512 summed over every non-directory below the snapshot."""
-    return _impl.dir_size(base_dir, name)
+    try:
+        return _impl.dir_size(base_dir, name)
+    except OSError as e:
+        raise as_given(e, base_dir) from None
 
 
 def _flags(count_links: bool, one_file_system: bool, shared_extents: bool) -> int:
@@ -58,7 +62,10 @@ def walk(path: Union[StrPath, bytes], *, workers: int = 1, count_links: bool = T
          one_file_system: bool = False, shared_extents: bool = False) -> tuple:
     """usage() without the Usage: the walk's 7 totals (see usage_values)."""
     flags = _flags(count_links, one_file_system, shared_extents)
-    return _impl.walk(os.fsencode(path), flags, _workers(workers, _impl.thread_cap()))
+    try:
+        return _impl.walk(os.fsencode(path), flags, _workers(workers, _impl.thread_cap()))
+    except OSError as e:
+        raise as_given(e, path) from None
 
 
 def usage(path: Union[StrPath, bytes], *, workers: int = 1, count_links: bool = True,
@@ -121,35 +128,74 @@ def snapshot_walks(base_dir: StrPath, names: List[str], *, workers: Optional[int
                    shared_extents: bool = False) -> tuple:
     """The fleet report's walks (see _report): each snapshot in parallel, with what
     the walk saw of its files.  Returns (results, shared_physical of them all);
-    each result is the walk's OSError, or a tuple: the 7 totals (to_usage makes a
+    each result is the name's exception (the walk's OSError), or a tuple: the 7 totals (to_usage makes a
     Usage of them), the allocated bytes of memory-ranges, rootfs.cow and rootfs.ext4
-    (None if absent), and rootfs.meta as _meta.read_raw gives it (None if absent)."""
-    paths, bad = _encode_all(base_dir, names)
-    if bad is not None:
-        raise bad
+    (None if absent), and rootfs.meta as _meta.read_raw gives it (None if absent).
+    A name that is not one path component has its ValueError as its result, as
+    dir_sizes(errors="return") gives it: no name is dropped."""
+    paths, results = _encode_each(base_dir, names)
     flags = _flags(count_links, one_file_system, shared_extents) | SNAPSHOT_FILES
-    results, physical = _impl.walk_many(paths, flags, _workers(workers, len(paths)), False)
+    walked, physical = _impl.walk_many(paths, flags, _workers(workers, len(paths)), False)
     # Without stop_on_error every path is walked: each result is a tuple or an OSError.
-    return results, physical
+    return _fill(results, [as_given(r, base_dir) if isinstance(r, OSError) else r for r in walked]), physical
 
 
 def dir_sizes(base_dir: StrPath, names: Optional[Iterable[str]] = None, *,
-              workers: Optional[int] = None) -> Dict[str, int]:
+              workers: Optional[int] = None, errors: str = "raise") -> Dict[str, Union[int, Exception]]:
     """{name: dir_size(base_dir, name)} for many snapshots, sized on *workers* threads.
 
-    *names* defaults to every directory in *base_dir* (snapshot_names).  The result
-    is what a loop of dir_size gives, errors included: the first name, in order,
-    that fails raises its own exception (OSError subclass, ValueError or TypeError)."""
+    *names* defaults to every directory in *base_dir* (snapshot_names).  With
+    errors="raise" (the default) the result is what a loop of dir_size gives,
+    errors included: the first name, in order, that fails raises its own
+    exception (OSError subclass, ValueError or TypeError).  With errors="return"
+    no name stops the batch: every name is sized, and a name that fails maps to
+    its exception instead of a size (the OSError subclass, with its filename, or
+    ValueError for a name that is not one path component), in the order given.
+    A name that is not a str is still a TypeError, and so is a bad *workers*.
+    Any other *errors* is a ValueError."""
+    if not isinstance(errors, str) or errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
     names = snapshot_names(base_dir) if names is None else _name_list(names)
+    if errors == "return":
+        return dict(zip(names, sizes_or_errors(base_dir, names, workers=workers)))
     paths, bad = _encode_all(base_dir, names)
     n = _workers(workers, len(paths))
     results = _impl.walk_many(paths, 0, n, True)
     out = {}
     for name, r in zip(names, results):
         if isinstance(r, OSError):
-            raise r
+            raise as_given(r, base_dir)
         assert r is not None  # names are left unwalked (None) only after a failed one
         out[name] = r[0]
     if bad is not None:
         raise bad
     return out
+
+
+def _encode_each(base_dir, names: list) -> tuple:
+    """(paths, results): the encoded path of every good name, and a list with, for
+    each name, its ValueError if it is not one path component, else None (its
+    walk's result goes there).  TypeError for a name that is not a str."""
+    paths: list = []
+    results: list = []
+    for n in names:
+        try:
+            paths.append(_impl.encode_path(base_dir, n))
+            results.append(None)
+        except ValueError as e:
+            results.append(e)
+    return paths, results
+
+
+def _fill(results: list, walked) -> list:
+    """*results* (see _encode_each) with each None replaced by the next of *walked*."""
+    it = iter(walked)
+    return [next(it) if r is None else r for r in results]
+
+
+def sizes_or_errors(base_dir: StrPath, names: List[str], *, workers: Optional[int] = None) -> list:
+    """dir_sizes(errors="return")'s values, in the order of *names*: each the
+    allocated bytes, or the exception that name met (see dir_sizes)."""
+    paths, results = _encode_each(base_dir, names)
+    walked = _impl.walk_many(paths, 0, _workers(workers, len(paths)), False)
+    return _fill(results, [as_given(r, base_dir) if isinstance(r, OSError) else r[0] for r in walked])

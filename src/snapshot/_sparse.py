@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 
 from . import _pyblocks
-from ._errors import os_error
+from ._errors import as_given, os_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
@@ -96,7 +96,14 @@ def scan_blocks(path: StrPath, *, block_size: int = 4096, workers: Optional[int]
     spread over *workers* threads (default: every CPU).  OSError subclasses name
     the file that failed; a file removed or replaced meanwhile is skipped."""
     block = _block(block_size)
-    paths, idents, allocated = _files(os.fsencode(path))
+    try:
+        return _scan(os.fsencode(path), block, workers)
+    except OSError as e:
+        raise as_given(e, path) from None
+
+
+def _scan(path: bytes, block: int, workers: Optional[int]) -> BlockUsage:
+    paths, idents, allocated = _files(path)
     results = _impl.run(paths, idents, _pyblocks.SCAN, block, _workers(workers, len(paths)), False)
     files = data = zero = 0
     for p, (status, err, _, _, d, z, _) in zip(paths, results):
@@ -116,19 +123,22 @@ def data_ranges(path: StrPath, *, block_size: int = 4096) -> Iterator[Tuple[int,
     bounded memory; the file should not change while it is read."""
     block = _block(block_size)
     p = os.fsencode(path)
-    st = os.lstat(p)
-    if not stat.S_ISREG(st.st_mode):
-        raise _failure(_pyblocks.FAILED, errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL, p)
-    return _ranges(p, block)
+    try:
+        st = os.lstat(p)
+        if not stat.S_ISREG(st.st_mode):
+            raise _failure(_pyblocks.FAILED, errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL, p)
+    except OSError as e:
+        raise as_given(e, path) from None
+    return _ranges(p, block, path)
 
 
-def _ranges(p: bytes, block: int) -> Iterator[Tuple[int, int]]:
+def _ranges(p: bytes, block: int, given) -> Iterator[Tuple[int, int]]:
     start = 0
     while start >= 0:
         try:
             runs, start = _impl.range_batch(p, block, start, _RANGE_BATCH)
         except OSError as e:
-            raise _failure(_pyblocks.FAILED, e.errno or errno.EIO, p) from None
+            raise as_given(_failure(_pyblocks.FAILED, e.errno or errno.EIO, p), given) from None
         yield from runs
 
 
@@ -150,10 +160,13 @@ def sparsify(path: StrPath, *, dry_run: bool = False, force: bool = False,
 
     Every file is tried; then the first failure, in file order, is raised, with
     ``.sparsified`` giving what was done."""
-    paths, idents, _ = _files(os.fsencode(path))
-    mode = _pyblocks.DRY_RUN if dry_run else _pyblocks.PUNCH
-    results = _impl.run(paths, idents, mode, 4096, _workers(workers, len(paths)), bool(force))
-    return summarize(paths, results, dry_run)
+    try:
+        paths, idents, _ = _files(os.fsencode(path))
+        mode = _pyblocks.DRY_RUN if dry_run else _pyblocks.PUNCH
+        results = _impl.run(paths, idents, mode, 4096, _workers(workers, len(paths)), bool(force))
+        return summarize(paths, results, dry_run)
+    except OSError as e:
+        raise as_given(e, path) from None
 
 
 def summarize(paths: List[bytes], results: list, dry_run: bool) -> Sparsified:
