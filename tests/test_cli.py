@@ -484,3 +484,36 @@ def test_report_columns_come_from_the_walk(tmp_path, capsys):
                 p = base / name / file
                 want = None if not p.exists() or p.is_dir() else os.lstat(p).st_blocks * 512
                 assert by[name][key] == want, (name, key)
+
+
+def _report_as_nobody(args):
+    import io
+    sys.stderr = io.StringIO()
+    rc = cli.main(args + ["-o", "out"])
+    with open("out") as f:
+        return rc, f.read(), sys.stderr.getvalue()
+
+
+def test_snapshots_json_names_every_failed_snapshot(arena):
+    """A snapshot whose walk failed was only a line in "errors"; now "failed" names it, with
+    those whose rootfs.meta could not be read (their rows stay), in name order."""
+    from conftest import as_nobody
+    path, fd = arena
+    base = make_fleet(path / "base")
+    (base / "middle" / snapshot.ROOTFS_META_NAME).write_bytes(b"{")
+    (base / "locked" / "inner").mkdir(parents=True)
+    os.chmod(base / "locked" / "inner", 0)
+    try:
+        rc, out, err = as_nobody(_report_as_nobody, ["--snapshots", "base", "--json"], cwd_fd=fd)
+        rc2, table, _ = as_nobody(_report_as_nobody, ["--snapshots", "base"], cwd_fd=fd)
+    finally:
+        os.chmod(base / "locked" / "inner", 0o700)
+    doc = json.loads(out)
+    assert rc == rc2 == 1
+    assert doc["failed"] == [
+        {"name": "locked", "error": "cannot access 'base/locked/inner': Permission denied"},
+        {"name": "middle", "error": "bad metadata 'base/middle/rootfs.meta': unexpected end of JSON input"}]
+    assert doc["errors"] == [f["error"] for f in doc["failed"]]
+    assert err.splitlines() == [f"snapshot-du: {e}" for e in doc["errors"]]
+    assert sorted(s["name"] for s in doc["snapshots"]) == ["big", "middle", "small"]
+    assert [line.split()[0] for line in table.splitlines()[1:-1]] == [s["name"] for s in doc["snapshots"]]

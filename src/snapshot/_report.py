@@ -12,14 +12,15 @@ as_json for names that are not UTF-8).
 from __future__ import annotations
 
 import os
+import time
 
 from ._errors import MetaError
-from ._paths import ROOTFS_META_NAME
+from ._paths import CH_MEM_RANGES_FILE, ROOTFS_COW_NAME, ROOTFS_FILE_NAME, ROOTFS_META_NAME
 from ._size import snapshot_names, snapshot_walks, to_usage
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
-    from typing import Callable, Dict, List, Optional
+    from typing import Callable, Dict, List, Optional, Tuple
     from ._paths import StrPath
     from ._usage import Usage
 
@@ -99,14 +100,16 @@ class Row:
     """One snapshot: its walk's tuple (see _size.snapshot_walks) and its rootfs.meta
     fields.  Properties name what the tuple holds; the renderers read it column by column."""
 
-    __slots__ = ("name", "totals", "shared", "meta", "zero")
+    __slots__ = ("name", "totals", "shared", "meta", "zero", "error")
 
-    def __init__(self, name: str, walked: tuple, shared: bool, meta: Optional[tuple]) -> None:
+    def __init__(self, name: str, walked: tuple, shared: bool, meta: Optional[tuple],
+                 error: Optional[str] = None) -> None:
         self.name = name
         self.totals = walked
         self.shared = shared
         self.meta = meta  # (base_template, template_id, vcpus, memory_mb), or None without a readable file
         self.zero: Optional[int] = None  # with zero=True: allocated bytes in all-zero blocks (scan_blocks)
+        self.error = error  # why its rootfs.meta could not be read, or None
 
     @property
     def usage(self) -> Usage:
@@ -122,15 +125,22 @@ class Row:
 
 class Report:
     """Rows sorted largest first, the problems met (one message each, for stderr),
-    and with shared: the base's set-shared bytes (each shared disk byte once)."""
+    and with shared: the base's set-shared bytes (each shared disk byte once).
+
+    No snapshot is dropped: one whose walk failed has no row but is in
+    ``failed``, with the snapshots whose rootfs.meta could not be read (their
+    rows are kept, with ``error`` set); ``unwalked`` names the former."""
 
     def __init__(self, base: str, shared: bool) -> None:
         self.base = base
         self.shared = shared
         self.rows: List[Row] = []
         self.errors: List[str] = []
+        self.failed: List[Tuple[str, str]] = []  # (name, message) of every snapshot that failed, in name order
+        self.unwalked: List[str] = []  # the names whose walk failed: they have no row
         self.shared_physical: Optional[int] = None
         self.zero = False  # rows carry .zero
+        self.duration: Optional[float] = None  # seconds build() took: listing, walks, metadata, zero scan
 
     def column(self, attr: str) -> list:
         """One Usage field of every row: allocated, apparent, shared or exclusive."""
@@ -159,30 +169,37 @@ def _minus_allocated(row: Row) -> int:
 def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
           count_links: bool = True, one_file_system: bool = False, zero: bool = False) -> Report:
     from ._meta import decode_fields, refusal  # only here: snapshot-du PATH... starts faster without re
+    start = time.monotonic()
     report = Report(os.fsdecode(base), shared)
     names = snapshot_names(base)
     results, physical = snapshot_walks(base, names, workers=workers, shared_extents=shared,
                                        count_links=count_links, one_file_system=one_file_system)
     if shared:
         report.shared_physical = physical
-    errors, rows = report.errors, report.rows
+    errors, rows, failed = report.errors, report.rows, report.failed
     prefix = os.path.join(report.base, "")  # ends with a separator
     for name, r in zip(names, results):
-        if type(r) is not tuple:  # the walk's OSError
-            errors.append(f"cannot access '{printable(os.fsdecode(r.filename))}': {r.strerror}")
+        if type(r) is not tuple:  # the walk's OSError (or a name's ValueError)
+            msg = _walk_failure(r, f"{prefix}{name}")
+            errors.append(msg)
+            failed.append((name, msg))
+            report.unwalked.append(name)
             continue
         raw = r[10]
-        meta = None
+        meta = error = None
         if raw is not None:
             try:
                 if type(raw) is not bytes:
                     raise refusal(f"{prefix}{name}/{ROOTFS_META_NAME}", raw)
                 meta = decode_fields(raw)
             except MetaError as e:
-                errors.append(f"bad metadata '{printable(f'{prefix}{name}/{ROOTFS_META_NAME}')}': {e.reason}")
+                error = f"bad metadata '{printable(f'{prefix}{name}/{ROOTFS_META_NAME}')}': {e.reason}"
             except OSError as e:
-                errors.append(f"cannot read '{printable(os.fsdecode(e.filename))}': {e.strerror}")
-        rows.append(Row(name, r, shared, meta))
+                error = f"cannot read '{printable(os.fsdecode(e.filename))}': {e.strerror}"
+            if error is not None:
+                errors.append(error)
+                failed.append((name, error))
+        rows.append(Row(name, r, shared, meta, error))
     if zero:
         from ._sparse import zero_bytes  # only here: most reports do not read data
         report.zero = True
@@ -190,7 +207,16 @@ def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
             row.zero = z
     # Names come sorted, and the sort is stable: equal sizes stay in name order.
     rows.sort(key=_minus_allocated)
+    report.duration = time.monotonic() - start
     return report
+
+
+def _walk_failure(e: Exception, path: str) -> str:
+    """The message for a snapshot whose walk failed (or whose name is not one path component)."""
+    if isinstance(e, OSError):
+        shown = path if e.filename is None else os.fsdecode(e.filename)
+        return f"cannot access '{printable(shown)}': {e.strerror}"
+    return f"cannot access '{printable(path)}': {e}"
 
 
 # ---- rendering ------------------------------------------------------------------
@@ -300,46 +326,99 @@ def as_json(report: Report) -> str:
         total["zero"] = _sum(r.zero for r in report.rows)
     doc: dict = {}
     _json_name(doc, "base", report.base)
-    doc.update(snapshots=[row(r) for r in report.rows], total=total, errors=report.errors)
+    failed = []
+    for name, msg in report.failed:
+        f: dict = {}
+        _json_name(f, "name", name)
+        f["error"] = msg
+        failed.append(f)
+    doc.update(snapshots=[row(r) for r in report.rows], total=total, failed=failed, errors=report.errors)
     import json
     return json.dumps(doc, indent=1) + "\n"
 
 
-def metric_families(report: Report) -> list:
-    """The Prometheus metrics of a report, as (name, help, samples); each sample is
-    (snapshot label value, or None for an unlabelled metric; value).  Label values are
-    names as printable() shows them, so distinct names stay distinct.  The one list that
-    both snapshot-du --prometheus and snapshot.prometheus.SnapshotCollector expose."""
-    metrics = [("snapshot_allocated_bytes", "allocated", "Bytes allocated to the snapshot's files (st_blocks * 512)."),
-               ("snapshot_apparent_bytes", "apparent", "Apparent size of the snapshot's files (st_size).")]
+_FILES = ((7, CH_MEM_RANGES_FILE), (8, ROOTFS_COW_NAME), (9, ROOTFS_FILE_NAME))  # Row.totals index, file
+
+
+def metric_families(report: Report, timestamp: Optional[float] = None) -> list:
+    """The Prometheus metrics of a report, as (name, help, label names, samples); each
+    sample is (label values, value).  Label values are names as printable() shows them,
+    so distinct names stay distinct.  The one list that both snapshot-du --prometheus
+    and snapshot.prometheus.SnapshotCollector expose (*timestamp*, when the collection
+    ended, only for the textfile: a scrape has its own time).
+
+    Every snapshot has snapshot_up: 1, or 0 when its walk or its rootfs.meta failed.
+    Only a snapshot that is up has sizes, files and info: a failure is never a 0."""
+    rows = report.rows
+    labels = _printable_all([r.name for r in rows])
+    up = [((label,), 0 if r.error is not None else 1) for label, r in zip(labels, rows)]
+    up += [((label,), 0) for label in _printable_all(report.unwalked)]
+    good = [(label, r) for label, r in zip(labels, rows) if r.error is None]
+    snap = ("snapshot",)
+    out = [("snapshot_up", "1 if the snapshot was read (its walk and its rootfs.meta), 0 if not.", snap, up)]
+    sizes = [("snapshot_allocated_bytes", "allocated",
+              "Bytes allocated to the snapshot's files (st_blocks * 512)."),
+             ("snapshot_apparent_bytes", "apparent", "Apparent size of the snapshot's files (st_size).")]
     if report.shared:
-        metrics += [("snapshot_shared_bytes", "shared",
-                     "Allocated bytes in extents shared with other files (reflinks)."),
-                    ("snapshot_exclusive_bytes", "exclusive", "Allocated bytes in extents not shared.")]
+        sizes += [("snapshot_shared_bytes", "shared", "Allocated bytes in extents shared with other files (reflinks)."),
+                  ("snapshot_exclusive_bytes", "exclusive", "Allocated bytes in extents not shared.")]
     if report.zero:
-        metrics.append(("snapshot_zero_bytes", "zero",
-                        "Allocated bytes in blocks that hold only zeros (what sparsify frees)."))
-    labels = _printable_all([r.name for r in report.rows])
-    out = [(metric, doc, [(label, v) for label, v in zip(labels, report.column(attr))
-                          if v is not None])  # a snapshot that could not be scanned has no zero figure
-           for metric, attr, doc in metrics]
+        sizes.append(("snapshot_zero_bytes", "zero",
+                      "Allocated bytes in blocks that hold only zeros (what sparsify frees)."))
+    for metric, attr, doc in sizes:
+        values = _column([r for _, r in good], attr, report.shared)
+        # a snapshot that could not be scanned has no zero figure
+        out.append((metric, doc, snap, [((label,), v) for (label, _), v in zip(good, values) if v is not None]))
+    files = [((label, file), r.totals[i]) for label, r in good for i, file in _FILES if r.totals[i] is not None]
+    out.append(("snapshot_file_allocated_bytes",
+                "Bytes allocated to the snapshot's memory-ranges, rootfs.cow and rootfs.ext4 (those present).",
+                ("snapshot", "file"), files))
+    info = [((label, *_printable_all([r.meta[0], r.meta[1]]), str(r.meta[2]), str(r.meta[3])), 1)
+            for label, r in good if r.meta is not None]
+    out.append(("snapshot_info", "The snapshot's rootfs.meta (those that have one), as labels; always 1.",
+                ("snapshot", "base_template", "template_id", "vcpus", "memory_mb"), info))
     if report.shared:
         out.append(("snapshot_set_shared_bytes",
                     "Bytes on disk in shared extents of all snapshots, each counted once.",
-                    [(None, report.shared_physical)]))
-    out.append(("snapshot_count", "Snapshots sized in the base directory.", [(None, len(report.rows))]))
+                    (), [((), report.shared_physical)]))
+    out.append(("snapshot_directories", "Snapshot directories in the base directory, failed ones included.",
+                (), [((), len(rows) + len(report.unwalked))]))
+    out.append(("snapshot_collect_duration_seconds",
+                "Seconds the collection took: listing the base, the walks, rootfs.meta, the zero scan.",
+                (), [((), report.duration or 0.0)]))
+    if timestamp is not None:
+        out.append(("snapshot_collect_timestamp_seconds", "When the collection ended, in seconds since the epoch.",
+                    (), [((), timestamp)]))
     return out
 
 
-def prometheus(report: Report) -> str:
+def _column(rows: list, attr: str, shared: bool) -> list:
+    """Report.column over some rows."""
+    if attr == "allocated":
+        return [r.totals[0] for r in rows]
+    if attr == "apparent":
+        return [r.totals[1] for r in rows]
+    if attr == "zero":
+        return [r.zero for r in rows]
+    if attr == "shared":
+        return [r.totals[4] for r in rows]
+    return [r.totals[0] - r.totals[4] for r in rows]  # exclusive
+
+
+def _label_value(v: str) -> str:
+    """The exposition format's escapes: backslash, double quote (printable() left no newline)."""
+    return v.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def prometheus(report: Report, timestamp: Optional[float] = None) -> str:
     """The text exposition format (what node_exporter's textfile collector reads)."""
     out = []
-    for metric, doc, samples in metric_families(report):
+    for metric, doc, names, samples in metric_families(report, timestamp):
         out += [f"# HELP {metric} {doc}", f"# TYPE {metric} gauge"]
-        for label, v in samples:
-            if label is None:
+        for values, v in samples:
+            if not names:
                 out.append(f"{metric} {v}")
-            else:  # the format's escapes: backslash, double quote (printable() left no newline)
-                label = label.replace("\\", "\\\\").replace('"', '\\"')
-                out.append(f'{metric}{{snapshot="{label}"}} {v}')
+            else:
+                labels = ",".join(f'{n}="{_label_value(x)}"' for n, x in zip(names, values))
+                out.append(f"{metric}{{{labels}}} {v}")
     return "\n".join(out) + "\n"

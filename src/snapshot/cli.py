@@ -162,7 +162,8 @@ def _snapshots_mode(args, warn, emit) -> bool:
     if args.json:
         emit(_report.as_json(report))
     elif args.prometheus:
-        emit(_report.prometheus(report))
+        import time
+        emit(_report.prometheus(report, timestamp=time.time()))
     else:
         emit(_report.table(report, args.unit or "k"))
     return bool(report.errors)
