@@ -52,9 +52,14 @@ def _kib(n: int) -> str:
 _UNITS: Dict[str, Callable[[int], str]] = {"h": human, "b": str, "k": _kib}
 
 
-def format_size(n: Optional[int], unit: str) -> str:
-    """du's units: 'k' 1024-byte blocks rounded up (du's default), 'b' bytes, 'h' human."""
-    return "" if n is None else _UNITS[unit](n)
+def format_size(n: Optional[int], unit) -> str:
+    """du's units: 'k' 1024-byte blocks rounded up (du's default), 'b' bytes, 'h' human,
+    or any other _units.Unit (-B SIZE, --si, -m)."""
+    return "" if n is None else _formatter(unit)(n)
+
+
+def _formatter(unit) -> Callable[[int], str]:
+    return _UNITS[unit] if isinstance(unit, str) else unit
 
 
 # ---- names ---------------------------------------------------------------------
@@ -141,10 +146,32 @@ class Report:
         self.shared_physical: Optional[int] = None
         self.zero = False  # rows carry .zero
         self.duration: Optional[float] = None  # seconds build() took: listing, walks, metadata, zero scan
+        self.shown: Optional[List[Row]] = None  # the rows to show (select), or None for all
 
-    def column(self, attr: str) -> list:
-        """One Usage field of every row: allocated, apparent, shared or exclusive."""
-        rows = self.rows
+    def visible(self) -> List[Row]:
+        """The rows to show: all, or those that select() kept."""
+        return self.rows if self.shown is None else self.shown
+
+    def select(self, threshold: int) -> None:
+        """du's -t: show only the rows whose allocated bytes pass *threshold*; totals
+        still count every row, as du -c's total counts what -t leaves out."""
+        from ._units import shown
+        self.shown = [r for r in self.rows if shown(r.totals[0], threshold)]
+
+    def sort(self, key: str, reverse: bool = False) -> None:
+        """Order the rows by *key* (a _SORT_KEYS name): sizes largest first, names in order,
+        equal ones by name; *reverse* turns the whole order round."""
+        self.rows.sort(key=_by_name)
+        self.rows.sort(key=_SORT_KEYS[key])
+        if reverse:
+            self.rows.reverse()
+        if self.shown is not None:
+            keep = set(map(id, self.shown))
+            self.shown = [r for r in self.rows if id(r) in keep]
+
+    def column(self, attr: str, rows: Optional[List[Row]] = None) -> list:
+        """One Usage field of every row (or of *rows*): allocated, apparent, shared or exclusive."""
+        rows = self.rows if rows is None else rows
         if attr == "allocated":
             return [r.totals[0] for r in rows]
         if attr == "apparent":
@@ -164,6 +191,21 @@ class Report:
 
 def _minus_allocated(row: Row) -> int:
     return -row.totals[0]
+
+
+def _by_name(row: Row) -> str:
+    return row.name
+
+
+# snapshot-du --sort: each key sorts largest first (names in order); a zero scan that failed sorts last.
+_SORT_KEYS: Dict[str, Callable[[Row], object]] = {
+    "allocated": _minus_allocated,
+    "apparent": lambda r: -r.totals[1],
+    "name": _by_name,
+    "zero": lambda r: 1 if r.zero is None else -r.zero,
+    "exclusive": lambda r: r.totals[4] - r.totals[0],
+}
+SORT_KEYS = tuple(_SORT_KEYS)
 
 
 def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
@@ -225,24 +267,29 @@ def _sum(values) -> int:
     return sum(v for v in values if v is not None)
 
 
-def table(report: Report, unit: str) -> str:
-    """The table: left-aligned names, right-aligned numbers.  In the total row,
-    SHARED is the base's set-shared bytes (each shared disk block once), so that
-    SHARED + EXCLUSIVE there is what the snapshots really occupy."""
-    rows = report.rows
-    fmt = _UNITS[unit]
+def table(report: Report, unit, end: str = "\n") -> str:
+    """The table: left-aligned names, right-aligned numbers, each line ending in *end*
+    (NUL for -0).  Rows are report.visible(); the total row counts every row.  In the
+    total row, SHARED is the base's set-shared bytes (each shared disk block once), so
+    that SHARED + EXCLUSIVE there is what the snapshots really occupy."""
+    rows = report.visible()
+    fmt = _formatter(unit)
+    text_cells = unit == "h" or (not isinstance(unit, str) and not unit.plain)
 
     def sizes(head: str, values: list, last: str) -> tuple:
         """(cells, width).  Cells may be ints: "%s" converts them in C, much cheaper
         than str() per value, and the widest int is the largest."""
         cells: list
-        if unit == "h":
-            cells = ["" if v is None else human(v) for v in values]
+        if text_cells:  # -h, --si, -B with a unit suffix
+            cells = ["" if v is None else fmt(v) for v in values]
             return [head, *cells, last], max(map(len, [head, *cells, last]))
         if unit == "k":  # du's default unit, 1024-byte blocks rounded up
             cells = [-1 if v is None else (v + 1023) >> 10 for v in values]
-        else:
+        elif unit == "b":
             cells = [-1 if v is None else v for v in values]
+        else:  # -B N, -m: N-byte blocks rounded up
+            block = unit.block
+            cells = [-1 if v is None else -(-v // block) for v in values]
         widest = max(len(head), len(last), len(str(max(cells, default=0))))
         if -1 in cells:  # a missing file: a blank cell
             cells = ["" if c == -1 else c for c in cells]
@@ -258,32 +305,34 @@ def table(report: Report, unit: str) -> str:
         widest = max([len(head), *(len(str(f(ints))) for f in (min, max) if ints)])
         return [head, *values, ""], widest
 
-    def total(values) -> str:
-        return fmt(sum(filter(None, values)))
+    def total(i: int) -> str:  # of every row, shown or not
+        return fmt(sum(filter(None, (r.totals[i] for r in report.rows))))
+
+    def column(attr: str) -> list:
+        return report.column(attr, rows)
 
     walked = [r.totals for r in rows]
     metas = [r.meta or _NO_META for r in rows]
     files = [[t[i] for t in walked] for i in (7, 8, 9)]
     cols = [
-        text("SNAPSHOT", _printable_all([r.name for r in rows]), f"total ({len(rows)})"),
-        sizes("ALLOCATED", report.column("allocated"), format_size(report.total("allocated"), unit)),
-        sizes("APPARENT", report.column("apparent"), format_size(report.total("apparent"), unit)),
-        sizes("MEMORY", files[0], total(files[0])),
-        sizes("COW", files[1], total(files[1])),
-        sizes("ROOTFS", files[2], total(files[2])),
+        text("SNAPSHOT", _printable_all([r.name for r in rows]), f"total ({len(report.rows)})"),
+        sizes("ALLOCATED", column("allocated"), format_size(report.total("allocated"), unit)),
+        sizes("APPARENT", column("apparent"), format_size(report.total("apparent"), unit)),
+        sizes("MEMORY", files[0], total(7)),
+        sizes("COW", files[1], total(8)),
+        sizes("ROOTFS", files[2], total(9)),
         text("BASE_TEMPLATE", _printable_all([m[0] for m in metas]), ""),
         number("VCPUS", [m[2] for m in metas]),
         number("MEMORY_MB", [m[3] for m in metas]),
     ]
     if report.shared:
-        cols.append(sizes("SHARED", report.column("shared"), format_size(report.shared_physical, unit)))
-        cols.append(sizes("EXCLUSIVE", report.column("exclusive"), format_size(report.total("exclusive"), unit)))
+        cols.append(sizes("SHARED", column("shared"), format_size(report.shared_physical, unit)))
+        cols.append(sizes("EXCLUSIVE", column("exclusive"), format_size(report.total("exclusive"), unit)))
     if report.zero:
-        zeros = [r.zero for r in rows]
-        cols.append(sizes("ZERO", zeros, total(zeros)))
+        cols.append(sizes("ZERO", [r.zero for r in rows], fmt(_sum(r.zero for r in report.rows))))
     line = "  ".join(f"%{'-' if i in (0, 6) else ''}{width}s" for i, (_, width) in enumerate(cols))
     # Only a row whose last cell is blank (no metadata, the total) would end in spaces.
-    return "".join([line % cells + "\n" if cells[-1] != "" else (line % cells).rstrip() + "\n"
+    return "".join([line % cells + end if cells[-1] != "" else (line % cells).rstrip() + end
                     for cells in zip(*(cells for cells, _ in cols))])
 
 
@@ -332,7 +381,7 @@ def as_json(report: Report) -> str:
         _json_name(f, "name", name)
         f["error"] = msg
         failed.append(f)
-    doc.update(snapshots=[row(r) for r in report.rows], total=total, failed=failed, errors=report.errors)
+    doc.update(snapshots=[row(r) for r in report.visible()], total=total, failed=failed, errors=report.errors)
     import json
     return json.dumps(doc, indent=1) + "\n"
 

@@ -1,7 +1,9 @@
 """snapshot-du: du -s for snapshot directories, with a fleet report.
 
-    snapshot-du [-s] [-h|-b] [--apparent-size] [-l] [-x] [-c] [--shared] [--zero] [--json] [-j N] [PATH...]
-    snapshot-du --snapshots BASE [-h|-b] [--shared] [--zero] [--json|--prometheus] [-o FILE]
+    snapshot-du [-s] [-h|-b|-k|-m|--si|-B SIZE] [--apparent-size] [-l] [-x] [-c] [-0] [-t SIZE]
+                [--shared] [--zero] [--json] [-j N] [PATH...]
+    snapshot-du --snapshots BASE [-h|-b|-k|-m|--si|-B SIZE] [-t SIZE] [-0] [--sort KEY] [-r]
+                [--shared] [--zero] [--json|--prometheus] [-o FILE]
 
 Sizes count non-directories only, as snapshot.dir_size does (du -s also counts
 the directories' own blocks).  No PATH means ".".  Exit status: 0; 1 if
@@ -14,7 +16,7 @@ import argparse
 import os
 import sys
 
-from . import _output, _report
+from . import _output, _report, _units
 from ._size import USAGE_FIELDS, default_workers, usage_values, walk
 from ._version import __version__
 
@@ -33,12 +35,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("-s", "--summarize", action="store_true",
                    help="accepted for du's habit; each PATH already gives one line")
-    units = p.add_mutually_exclusive_group()
-    units.add_argument("-h", "--human-readable", action="store_const", const="h", dest="unit",
-                       help="print sizes in powers of 1024 (e.g. 1.5K 234M 2.0G), as du -h")
-    units.add_argument("-b", "--bytes", action="store_const", const="b", dest="unit",
-                       help="print sizes in bytes; with PATHs this is --apparent-size in bytes, as du -b")
+    # The last of -h, -b, -k, -m, --si, -B wins, as in du; -b also means --apparent-size.
+    p.add_argument("-h", "--human-readable", action=_UnitAction, unit=_units.HUMAN,
+                   help="print sizes in powers of 1024 (e.g. 1.5K 234M 2.0G), as du -h")
+    p.add_argument("--si", action=_UnitAction, unit=_units.HUMAN_SI,
+                   help="like -h, but in powers of 1000 (e.g. 1.6k 246M 2.2G)")
+    p.add_argument("-b", "--bytes", action=_UnitAction, unit=_units.BYTES,
+                   help="print sizes in bytes; with PATHs this is --apparent-size in bytes, as du -b")
+    p.add_argument("-k", action=_UnitAction, unit=_units.KIB, help="like --block-size=1K (the default)")
+    p.add_argument("-m", action=_UnitAction, unit=_units.MIB, help="like --block-size=1M")
+    p.add_argument("-B", "--block-size", action=_UnitAction, metavar="SIZE",
+                   help="print sizes in units of SIZE bytes, rounded up, as du -B: 1K, M, 4KiB, 1MB, "
+                        "human-readable, si ... (a SIZE without a number, like M, is printed after each size)")
     p.add_argument("--apparent-size", action="store_true", help="print apparent sizes (st_size) for PATHs")
+    p.add_argument("-t", "--threshold", action=_ThresholdAction, metavar="SIZE",
+                   help="leave out sizes below SIZE bytes if positive, above -SIZE if negative (du -t); "
+                        "with --snapshots, by allocated size")
+    p.add_argument("-0", "--null", action="store_true", help="end each output line with NUL, not newline")
+    p.add_argument("--sort", choices=_report.SORT_KEYS,
+                   help="with --snapshots: order rows by this column, largest first (name: A to Z); "
+                        "default allocated")
+    p.add_argument("-r", "--reverse", action="store_true", help="with --snapshots: reverse the order")
     p.add_argument("-l", "--count-links", action="store_true", help="count sizes many times if hard linked")
     p.add_argument("-x", "--one-file-system", action="store_true", help="skip directories on other file systems")
     p.add_argument("-c", "--total", action="store_true", help="produce a grand total for PATHs")
@@ -57,6 +74,78 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--workers", type=int, metavar="N",
                    help="threads: per snapshot with --snapshots, inside each tree with PATHs (default: all CPUs)")
     return p
+
+
+class _UnitAction(argparse.Action):
+    """-h, -b, -k, -m, --si, -B SIZE: the last one given sets the unit, as in du; -b also
+    sets --apparent-size, which a later unit does not undo (du -b -h: apparent, human)."""
+
+    def __init__(self, option_strings, dest, unit=None, **kw) -> None:
+        super().__init__(option_strings, "unit", nargs=None if unit is None else 0, **kw)
+        self.unit = unit
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        unit = self.unit
+        if unit is None:
+            try:
+                unit = _units.parse_block_size(values)
+            except _units.SizeError as e:
+                parser.error(e.message(option_string or "-B", values))
+        if self.unit is _units.BYTES:  # -b (not -B 1)
+            namespace.apparent_size = True
+        namespace.unit = unit
+
+
+class _ThresholdAction(argparse.Action):
+    """-t SIZE: bytes, negative too, in du's syntax."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        try:
+            namespace.threshold = _units.parse_threshold(values)
+        except _units.SizeError as e:
+            if values.startswith("-") and e.kind == "invalid" and _is_minus_zero(values):
+                parser.error("invalid --threshold argument '-0'")  # du's words, whatever the zero
+            parser.error(e.message(option_string or "-t", values))
+
+
+def _is_minus_zero(s: str) -> bool:
+    try:
+        return _units.parse_threshold(s[1:]) == 0
+    except _units.SizeError:
+        return False
+
+
+# Options that take a value.  argparse reads a value that starts with "-" as an option
+# (-t -1M, -B -1): _attach_values joins such a value to its option first, as getopt would
+# take it.
+_VALUE_SHORT = "tBjo"
+_VALUE_LONG = ("--threshold", "--block-size", "--workers", "--output", "--snapshots", "--sort")
+_FLAG_SHORT = "sblxchkm0r"
+
+
+def _attach_values(argv: List[str]) -> List[str]:
+    out: List[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            out += argv[i:]
+            break
+        if i + 1 < len(argv) and argv[i + 1].startswith("-") and _takes_value(a):
+            out.append(a + ("=" if a.startswith("--") else "") + argv[i + 1])
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _takes_value(a: str) -> bool:
+    """Whether *a* is an option that takes the next argument as its value (-t, -ct, --threshold)."""
+    if a.startswith("--"):
+        return a in _VALUE_LONG
+    return (len(a) >= 2 and a[0] == "-" and a[-1] in _VALUE_SHORT
+            and all(c in _FLAG_SHORT for c in a[1:-1]))
 
 
 class _OutputFailed(Exception):
@@ -88,8 +177,10 @@ def _say(msg: str) -> None:
 
 def _paths_mode(args, warn, emit) -> bool:
     """du -s over PATHs, each line emitted as soon as it is known; True if one failed."""
-    apparent = args.apparent_size or args.unit == "b"
-    unit = args.unit or "k"
+    apparent = args.apparent_size
+    unit = _unit_key(args.unit)
+    end = "\0" if args.null else "\n"
+    threshold = args.threshold
     failed = False
     records = []
     total = total_shared = total_exclusive = total_zero = 0
@@ -123,6 +214,8 @@ def _paths_mode(args, warn, emit) -> bool:
                 failed = True
             total_zero += zero or 0
             cols.append(_report.format_size(zero, unit))
+        if threshold is not None and not _units.shown(size, threshold):
+            continue  # left out, as du -t leaves it out; the total still counts it
         if args.json:
             record: dict = {}
             _report._json_name(record, "path", path)
@@ -131,7 +224,7 @@ def _paths_mode(args, warn, emit) -> bool:
                 record["zero"] = zero
             records.append(record)
         else:
-            emit("\t".join(cols + [path]) + "\n")  # as du prints it: the caller's own text
+            emit("\t".join(cols + [path]) + end)  # as du prints it: the caller's own text
     if args.json:
         doc = {"size": "apparent" if apparent else "allocated", "paths": records, "total": total}
         if args.shared:
@@ -146,8 +239,15 @@ def _paths_mode(args, warn, emit) -> bool:
             cols += [_report.format_size(total_shared, unit), _report.format_size(total_exclusive, unit)]
         if args.zero:
             cols.append(_report.format_size(total_zero, unit))
-        emit("\t".join(cols + ["total"]) + "\n")
+        emit("\t".join(cols + ["total"]) + end)
     return failed
+
+
+def _unit_key(unit) -> object:
+    """The unit as _report names its fast cases ("k", "b", "h"), else the _units.Unit."""
+    if unit is None or unit == _units.KIB:
+        return "k"
+    return {_units.BYTES: "b", _units.HUMAN: "h"}.get(unit, unit)
 
 
 def _snapshots_mode(args, warn, emit) -> bool:
@@ -159,13 +259,17 @@ def _snapshots_mode(args, warn, emit) -> bool:
         return True
     for msg in report.errors:
         warn(msg)
+    if args.sort is not None or args.reverse:
+        report.sort(args.sort or "allocated", args.reverse)
+    if args.threshold is not None:
+        report.select(args.threshold)
     if args.json:
         emit(_report.as_json(report))
     elif args.prometheus:
         import time
         emit(_report.prometheus(report, timestamp=time.time()))
     else:
-        emit(_report.table(report, args.unit or "k"))
+        emit(_report.table(report, _unit_key(args.unit), "\0" if args.null else "\n"))
     return bool(report.errors)
 
 
@@ -186,13 +290,23 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _main(argv: Optional[List[str]], warn) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_values(sys.argv[1:] if argv is None else list(argv)))
     if args.snapshots is not None and args.paths:
         parser.error("--snapshots BASE takes no PATHs")
     if args.snapshots == "":
         parser.error("--snapshots needs a directory")
     if args.prometheus and args.snapshots is None:
         parser.error("--prometheus goes with --snapshots BASE")
+    if (args.sort is not None or args.reverse) and args.snapshots is None:
+        parser.error("--sort and --reverse go with --snapshots BASE")
+    if args.sort == "zero" and not args.zero:
+        parser.error("--sort zero needs --zero")
+    if args.sort == "exclusive" and not args.shared:
+        parser.error("--sort exclusive needs --shared")
+    if args.null and (args.json or args.prometheus):
+        parser.error("-0 ends lines of the table or of PATH lines, not --json or --prometheus")
+    if args.threshold is not None and args.prometheus:
+        parser.error("--threshold would drop series from --prometheus")
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.output == "":
