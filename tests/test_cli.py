@@ -696,3 +696,17 @@ def test_snapshots_threshold_block_size_and_null(tmp_path, capsys):
     assert out == all_rows
     rc, out, _ = run(["--snapshots", base, "-b", "-0"], capsys)
     assert "\n" not in out and out.split("\0") == all_rows.split("\n")
+
+
+@pytest.mark.parametrize("file", [snapshot.ROOTFS_FILE_NAME, snapshot.ROOTFS_META_NAME, snapshot.CH_MEM_RANGES_FILE])
+def test_snapshots_warns_when_base_is_itself_a_snapshot(tmp_path, capsys, file):
+    """--snapshots pointed at one snapshot printed "total (0)" and exited 0, with no hint."""
+    vm = tmp_path / "vm"
+    (vm / "sub").mkdir(parents=True)
+    (vm / file).write_bytes(b"{}")
+    rc, out, err = run(["--snapshots", vm], capsys)
+    assert rc == 0 and out.splitlines()[-1].split()[:2] == ["total", "(1)"]
+    assert err == (f"snapshot-du: warning: '{vm}' holds {file}: it looks like a snapshot itself; "
+                   f"--snapshots sizes the snapshots in BASE, each of its directories\n")
+    rc, out, err = run(["--snapshots", tmp_path], capsys)
+    assert (rc, err) == (0, "")

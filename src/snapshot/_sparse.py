@@ -37,7 +37,20 @@ GONE = (errno.ENOENT, errno.ESTALE)  # a file removed or replaced since it was l
 
 @dataclass(frozen=True)
 class BlockUsage:
-    """What scan_blocks found.  Bytes, exact."""
+    """What scan_blocks found.  Bytes, exact.
+
+    files: how many regular files were scanned (symlinks are never followed).
+
+    allocated: st_blocks * 512 over the non-directories, as usage().allocated
+        counts them.
+
+    data: the bytes of block_size-aligned blocks that hold at least one non-zero
+        byte (a partial last block counts its length in the file); holes are
+        never read and count in neither data nor zero.
+
+    zero: the allocated bytes of blocks that hold only zeros (inside the
+        SEEK_DATA/SEEK_HOLE regions): the disk that sparsify would free.
+    """
 
     files: int  # regular files scanned
     allocated: int  # st_blocks * 512 over the non-directories, as usage() counts
@@ -47,7 +60,18 @@ class BlockUsage:
 
 @dataclass(frozen=True)
 class Sparsified:
-    """What sparsify did (or, with dry_run, would do)."""
+    """What sparsify did (or, with dry_run, would do).  Bytes, exact.
+
+    files: how many regular files were sparsified (or, with dry_run, scanned).
+
+    punched: the allocated bytes of the all-zero filesystem blocks that were
+        punched out (with dry_run: that would be).
+
+    allocated_before: st_blocks * 512 of those files before sparsify ran.
+
+    allocated_after: st_blocks * 512 of those files afterwards, as the
+        filesystem reports it; with dry_run, allocated_before - punched.
+    """
 
     files: int  # regular files sparsified
     punched: int  # allocated bytes of the all-zero filesystem blocks punched

@@ -17,6 +17,7 @@ import os
 import sys
 
 from . import _output, _report, _units
+from ._paths import CH_MEM_RANGES_FILE, ROOTFS_FILE_NAME, ROOTFS_META_NAME
 from ._size import USAGE_FIELDS, default_workers, usage_values, walk
 from ._version import __version__
 
@@ -257,6 +258,7 @@ def _snapshots_mode(args, warn, emit) -> bool:
     except OSError as e:
         warn(f"cannot access '{_report.printable(args.snapshots)}': {e.strerror}")
         return True
+    _warn_if_a_snapshot(args.snapshots)
     for msg in report.errors:
         warn(msg)
     if args.sort is not None or args.reverse:
@@ -271,6 +273,19 @@ def _snapshots_mode(args, warn, emit) -> bool:
     else:
         emit(_report.table(report, _unit_key(args.unit), "\0" if args.null else "\n"))
     return bool(report.errors)
+
+
+def _warn_if_a_snapshot(base: str) -> None:
+    """--snapshots given one snapshot, not the directory of them: say so (a warning only:
+    the exit status is the report's)."""
+    for file in (ROOTFS_FILE_NAME, ROOTFS_META_NAME, CH_MEM_RANGES_FILE):
+        try:
+            os.lstat(os.path.join(base, file))
+        except OSError:
+            continue
+        _say(f"warning: '{_report.printable(base)}' holds {file}: it looks like a snapshot itself; "
+             "--snapshots sizes the snapshots in BASE, each of its directories")
+        return
 
 
 def main(argv: Optional[List[str]] = None) -> int:
