@@ -414,8 +414,9 @@ def metric_families(report: Report, timestamp: Optional[float] = None) -> list:
     if report.zero:
         sizes.append(("snapshot_zero_bytes", "zero",
                       "Allocated bytes in blocks that hold only zeros (what sparsify frees)."))
+    good_rows = [r for _, r in good]
     for metric, attr, doc in sizes:
-        values = _column([r for _, r in good], attr, report.shared)
+        values = report.column(attr, good_rows)
         # a snapshot that could not be scanned has no zero figure
         out.append((metric, doc, snap, [((label,), v) for (label, _), v in zip(good, values) if v is not None]))
     files = [((label, file), r.totals[i]) for label, r in good for i, file in _FILES if r.totals[i] is not None]
@@ -439,19 +440,6 @@ def metric_families(report: Report, timestamp: Optional[float] = None) -> list:
         out.append(("snapshot_collect_timestamp_seconds", "When the collection ended, in seconds since the epoch.",
                     (), [((), timestamp)]))
     return out
-
-
-def _column(rows: list, attr: str, shared: bool) -> list:
-    """Report.column over some rows."""
-    if attr == "allocated":
-        return [r.totals[0] for r in rows]
-    if attr == "apparent":
-        return [r.totals[1] for r in rows]
-    if attr == "zero":
-        return [r.zero for r in rows]
-    if attr == "shared":
-        return [r.totals[4] for r in rows]
-    return [r.totals[0] - r.totals[4] for r in rows]  # exclusive
 
 
 def _label_value(v: str) -> str:
