@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import WALKERS, lstat_oracle
-from snapshot._walkflags import ONE_FILE_SYSTEM, SHARED_EXTENTS, UNIQUE_INODES
+from snapshot._codes import ONE_FILE_SYSTEM, SHARED_EXTENTS, UNIQUE_INODES
 
 if WALKERS["openat"] is None:
     pytest.skip("only one walker exists on this platform (the compiled one is built on Linux only)",

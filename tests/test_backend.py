@@ -74,3 +74,34 @@ def test_readme_signatures_match_the_code():
                 assert p.name in text, (name, p.name)
         checked += 1
     assert checked >= 10
+
+
+# What help() must say about each field: its name, and words that explain it.
+FIELD_WORDS = {
+    "Usage": {"allocated": "st_blocks", "apparent": "st_size", "files": "directories", "dirs": "root",
+              "shared": "FIEMAP_EXTENT_SHARED", "exclusive": "allocated - shared",
+              "shared_physical": "once", "unmapped_files": "lease"},
+    "BlockUsage": {"files": "regular", "allocated": "st_blocks", "data": "non-zero", "zero": "sparsify"},
+    "Sparsified": {"files": "regular", "punched": "punch", "allocated_before": "before",
+                   "allocated_after": "dry_run"},
+}
+
+
+@pytest.mark.parametrize("cls", sorted(FIELD_WORDS))
+def test_help_documents_every_field(cls):
+    """help() on Usage, BlockUsage and Sparsified gave one line: what zero, data,
+    shared_physical and unmapped_files mean was only in the README."""
+    import dataclasses
+    import pydoc
+    obj = getattr(snapshot, cls)
+    text = pydoc.render_doc(obj, renderer=pydoc.plaintext)
+    fields = [f.name for f in dataclasses.fields(obj)]
+    assert fields == list(FIELD_WORDS[cls])
+    doc = obj.__doc__
+    for name, word in FIELD_WORDS[cls].items():
+        lines = [line.strip() for line in doc.splitlines() if line.strip().startswith(f"{name}:")]
+        assert len(lines) == 1, name  # one entry per field, "name: what it is"
+        entry = doc.split(f"{name}:", 1)[1].split("\n\n", 1)[0]
+        assert word in entry and len(entry.split()) >= 5, (name, entry)
+    for name, word in FIELD_WORDS[cls].items():  # and help() shows it
+        assert f"{name}:" in text and word in text, name

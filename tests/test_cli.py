@@ -112,8 +112,13 @@ def test_unreadable_path_reported_and_others_printed(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args", [["--snapshots"], ["--prometheus", "/"], ["--snapshots", "/", "/x"],
-                                  ["--json", "--prometheus", "--snapshots", "/"], ["-h", "-b", "/"], ["--bogus", "/"],
-                                  ["-j", "0", "--snapshots", "/"], ["-o", "", "/"], ["--snapshots", "", "-o", "x"]])
+                                  ["--json", "--prometheus", "--snapshots", "/"], ["--bogus", "/"],
+                                  ["-j", "0", "--snapshots", "/"], ["-o", "", "/"], ["--snapshots", "", "-o", "x"],
+                                  ["--sort", "name", "/"], ["-r", "/"], ["--snapshots", "/", "--sort", "zero"],
+                                  ["--snapshots", "/", "--sort", "exclusive"], ["--snapshots", "/", "--sort", "size"],
+                                  ["-0", "--json", "/"], ["--snapshots", "/", "--prometheus", "-0"],
+                                  ["--snapshots", "/", "--prometheus", "-t", "1M"], ["-B", "x", "/"],
+                                  ["-B", "0", "/"], ["-t", "-0", "/"], ["-t", "1g", "/"]])
 def test_usage_errors_exit_2(capsys, args):
     rc, out, err = run(args, capsys)
     assert rc == 2 and out == "" and "usage:" in err
@@ -227,7 +232,7 @@ def test_snapshots_prometheus_parses_back(tmp_path, capsys):
     hostile = printable(hostile)
     apparent = {s.labels["snapshot"]: s.value for s in fams["snapshot_apparent_bytes"].samples}
     assert apparent[hostile] == 3000
-    assert fams["snapshot_count"].samples[0].value == 4
+    assert fams["snapshot_directories"].samples[0].value == 4
     assert fams["snapshot_allocated_bytes"].type == "gauge"
     assert "snapshot_shared_bytes" not in fams
 
@@ -241,7 +246,7 @@ def test_output_file_is_replaced_atomically(tmp_path, capsys):
     target.write_text("old\n")
     rc, out, _ = run(["--snapshots", base, "--prometheus", "-o", target], capsys)
     assert rc == 0 and out == ""
-    assert target.read_text().startswith("# HELP snapshot_allocated_bytes")
+    assert target.read_text().startswith("# HELP snapshot_up")
     assert os.listdir(out_dir) == ["snapshots.prom"]
     rc, _, err = run(["--snapshots", base, "-o", tmp_path / "no-dir" / "x"], capsys)
     assert rc == 1 and "cannot write" in err
@@ -508,3 +513,224 @@ def test_report_columns_come_from_the_walk(tmp_path, capsys):
                 p = base / name / file
                 want = None if not p.exists() or p.is_dir() else os.lstat(p).st_blocks * 512
                 assert by[name][key] == want, (name, key)
+
+
+def _report_as_nobody(args):
+    import io
+    sys.stderr = io.StringIO()
+    rc = cli.main(args + ["-o", "out"])
+    with open("out") as f:
+        return rc, f.read(), sys.stderr.getvalue()
+
+
+def test_snapshots_json_names_every_failed_snapshot(arena):
+    """A snapshot whose walk failed was only a line in "errors"; now "failed" names it, with
+    those whose rootfs.meta could not be read (their rows stay), in name order."""
+    from conftest import as_nobody
+    path, fd = arena
+    base = make_fleet(path / "base")
+    (base / "middle" / snapshot.ROOTFS_META_NAME).write_bytes(b"{")
+    (base / "locked" / "inner").mkdir(parents=True)
+    os.chmod(base / "locked" / "inner", 0)
+    try:
+        rc, out, err = as_nobody(_report_as_nobody, ["--snapshots", "base", "--json"], cwd_fd=fd)
+        rc2, table, _ = as_nobody(_report_as_nobody, ["--snapshots", "base"], cwd_fd=fd)
+    finally:
+        os.chmod(base / "locked" / "inner", 0o700)
+    doc = json.loads(out)
+    assert rc == rc2 == 1
+    assert doc["failed"] == [
+        {"name": "locked", "error": "cannot access 'base/locked/inner': Permission denied"},
+        {"name": "middle", "error": "bad metadata 'base/middle/rootfs.meta': unexpected end of JSON input"}]
+    assert doc["errors"] == [f["error"] for f in doc["failed"]]
+    assert err.splitlines() == [f"snapshot-du: {e}" for e in doc["errors"]]
+    assert sorted(s["name"] for s in doc["snapshots"]) == ["big", "middle", "small"]
+    assert [line.split()[0] for line in table.splitlines()[1:-1]] == [s["name"] for s in doc["snapshots"]]
+
+
+
+# ---- du's everyday options: -B, -k, -m, --si, the last unit wins, -t, -0 ----------------------------
+
+def sized_files(root):
+    """Sparse files of chosen apparent sizes (apparent sizes are what -B must print exactly)."""
+    root.mkdir()
+    sizes = [0, 1, 511, 512, 1000, 1023, 1024, 1025, 1536, 9999, 10239, 10240, 10241, 999999, 1000000, 1000001,
+             1048575, 1048576, 1048577, 5000000, 3 * 1024 ** 3 + 7, 99 * 1024 ** 2 + 1, 10 ** 12 + 1, 1023 * 1024 ** 3]
+    paths = []
+    for n in sizes:
+        with open(root / str(n), "wb") as f:
+            f.truncate(n)
+        paths.append(root / str(n))
+    return paths
+
+
+BLOCK_SIZES = ["1", "512", "1K", "K", "1k", "KiB", "KB", "kB", "1KB", "1KiB", "M", "1M", "MB", "MiB", "3M", "G", "GB",
+               "T", "E", "2E", "MD", "1MD", "010", "0x10", "+5", " 5", "'1", "'K", "human-readable", "si", "h", "hum",
+               "s", "18446744073709551615"]
+
+
+@pytest.mark.parametrize("spec", BLOCK_SIZES)
+def test_block_size_prints_what_du_prints(trees, tmp_path, capsys, spec):
+    """-B was a usage error.  du -B M rounds up and prints "5M"; -B 1M prints "5"; -B KB "5000kB"."""
+    files = sized_files(tmp_path / "sized")
+    for extra, paths in ((["--apparent-size"], files), ([], trees)):
+        for form in (["-B", spec], [f"--block-size={spec}"]):
+            rc, out, err = run([*extra, *form, *paths], capsys)
+            assert (rc, err) == (0, "")
+            assert [line.split("\t") for line in out.splitlines()] == du("-s", *extra, *form, *paths), form
+
+
+@pytest.mark.parametrize("spec", ["x", "0", "-1", "08", "0x", "K2", "1.5", "1B", "B", "b", "1e", "e", "1Ki", "1 ", "",
+                                  "''1", "Human", "1Z", "Y", "16E", "18446744073709551616", "R"])
+def test_bad_block_sizes_are_refused_in_dus_words(capsys, spec):
+    r = subprocess.run(["du", "-B", spec, "/"], capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.startswith("du: ")
+    rc, out, err = run(["-B", spec, "/"], capsys)
+    assert (rc, out) == (2, "")
+    assert err.splitlines()[-1] == "snapshot-du: error: " + r.stderr.strip()[len("du: "):]
+
+
+@pytest.mark.parametrize("units", [["-h", "-b"], ["-b", "-h"], ["-k", "-b"], ["-b", "-k"], ["-m"], ["-b", "-m"],
+                                   ["--si"], ["-b", "--si"], ["-B", "K", "-k"], ["-k", "-B", "K"], ["-h", "-B", "1"],
+                                   ["-b", "-B", "M"], ["-B", "M", "-h"], ["-m", "-k"], ["-h", "-m", "--si"]])
+def test_the_last_unit_wins_as_in_du(trees, tmp_path, capsys, units):
+    """-h -b was a usage error; du takes the last, and -b keeps meaning --apparent-size."""
+    paths = sized_files(tmp_path / "sized")[::4] + trees
+    rc, out, err = run([*units, *paths], capsys)
+    assert (rc, err) == (0, "")
+    want = du("-s", *units, *paths)
+    got = [line.split("\t") for line in out.splitlines()]
+    if "-b" in units:  # apparent sizes: du also counts the directories' own st_size
+        files = len(paths) - len(trees)
+        assert got[:files] == want[:files]
+        assert "--apparent-size" in _parsed(units)
+    else:
+        assert got == want
+
+
+def _parsed(units):
+    args = cli._parser().parse_args(units)
+    return ["--apparent-size"] if args.apparent_size else []
+
+
+THRESHOLDS = ["0", "1", "1K", "K", "1M", "-1M", "-1", "1000000", "1000001", "-1000000", "-999999", "1KB", "1MiB",
+              "1MD", "0x100", "+5", " -5", "-9223372036854775808", "-8E", "7E", "9223372036854775807"]
+
+
+@pytest.mark.parametrize("spec", THRESHOLDS)
+def test_threshold_leaves_out_what_du_leaves_out(tmp_path, capsys, spec):
+    """-t was a usage error.  The total (-c) still counts what is left out, as du's does."""
+    files = sized_files(tmp_path / "sized")
+    for form in (["-t", spec], [f"-t{spec}"], [f"--threshold={spec}"], ["--threshold", spec]):
+        rc, out, err = run(["-c", "-b", *form, *files], capsys)
+        assert (rc, err) == (0, ""), form
+        assert [line.split("\t") for line in out.splitlines()] == du("-c", "-b", *form, *files), form
+    rc, out, _ = run(["-c", "-b", "--json", "-t", spec, *files], capsys)
+    doc = json.loads(out)
+    assert [p["path"] for p in doc["paths"]] == [r[1] for r in du("-b", "-t", spec, *files)]
+    assert doc["total"] == sum(os.lstat(f).st_size for f in files)
+
+
+@pytest.mark.parametrize("spec", ["-0", "-00", "1g", "1t", "1b", "x", "-K", "", "9223372036854775808", "8E", "1.5"])
+def test_bad_thresholds_are_refused_in_dus_words(capsys, spec):
+    r = subprocess.run(["du", "-t", spec, "/"], capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.startswith("du: ")
+    rc, out, err = run(["-t", spec, "/"], capsys)
+    assert (rc, out) == (2, "")
+    assert err.splitlines()[-1] == "snapshot-du: error: " + r.stderr.strip()[len("du: "):]
+
+
+def test_null_ends_each_line_with_nul_as_du_does(tmp_path, capsys):
+    """A name holding a newline broke line-based output; -0 is what it is for."""
+    odd = tmp_path / "two\nlines"
+    odd.mkdir()
+    (odd / "f").write_bytes(os.urandom(5000))
+    (tmp_path / "plain").write_bytes(os.urandom(9000))
+    args = ["-b", "-c", odd, tmp_path / "plain"]
+    for null in ("-0", "--null"):
+        rc, out, _ = run([null, *args], capsys)
+        want = subprocess.run(["du", "-s", null, *map(str, args)], capture_output=True, check=True).stdout
+        # du counts the directory's own st_size in -b: compare the lines' ends and names only
+        assert rc == 0 and out.count("\0") == 3 and "\n" not in out.replace(str(odd), "")
+        assert [line.split("\t")[1] for line in out.split("\0")[:-1]] == \
+            [line.split(b"\t")[1].decode() for line in want.split(b"\0")[:-1]]
+
+
+# ---- --snapshots: --sort, -r, -t, -B, -0 --------------------------------------------------------------
+
+def _table_names(out, end="\n"):
+    return [line.split()[0] for line in out.split(end)[1:-2]]
+
+
+def test_snapshots_sort_and_reverse(tmp_path, capsys):
+    """The table had one order only."""
+    base = make_fleet(tmp_path / "base")
+    (base / "empty").mkdir()
+    sizes = {n: snapshot.usage(base / n) for n in ("small", "big", "middle", "empty")}
+    by = {"allocated": lambda n: (-sizes[n].allocated, n), "apparent": lambda n: (-sizes[n].apparent, n),
+          "name": lambda n: n}
+    for key, order in by.items():
+        want = sorted(sizes, key=order)
+        assert len({order(n) for n in sizes}) == 4  # no ties: the order says something
+        rc, out, err = run(["--snapshots", base, "--sort", key], capsys)
+        assert (rc, err) == (0, "") and _table_names(out) == want, key
+        rc, out, _ = run(["--snapshots", base, "--sort", key, "-r"], capsys)
+        assert _table_names(out) == want[::-1], key
+        rc, out, _ = run(["--snapshots", base, "--sort", key, "--json"], capsys)
+        assert [s["name"] for s in json.loads(out)["snapshots"]] == want
+    rc, out, _ = run(["--snapshots", base], capsys)
+    assert _table_names(out) == sorted(sizes, key=by["allocated"])  # the default
+    rc, out, _ = run(["--snapshots", base, "--zero", "--sort", "zero"], capsys)
+    zeros = {n: snapshot.scan_blocks(base / n).zero for n in sizes}
+    assert _table_names(out) == sorted(sizes, key=lambda n: (-zeros[n], n))
+
+
+def test_snapshots_sort_exclusive(xfs, capsys):
+    base = xfs / "base"
+    for name in ("a", "b", "c"):
+        (base / name).mkdir(parents=True)
+    (base / "a" / "rootfs.ext4").write_bytes(os.urandom(1 << 20))
+    subprocess.run(["cp", "--reflink=always", base / "a" / "rootfs.ext4", base / "b" / "rootfs.ext4"], check=True)
+    (base / "b" / "memory-ranges").write_bytes(os.urandom(64 << 10))
+    (base / "c" / "memory-ranges").write_bytes(os.urandom(256 << 10))
+    os.sync()
+    rc, out, _ = run(["--snapshots", base, "--shared", "--sort", "exclusive"], capsys)
+    assert rc == 0 and _table_names(out) == ["c", "b", "a"]  # allocated would say b, a, c
+    rc, out, _ = run(["--snapshots", base, "--shared"], capsys)
+    assert _table_names(out) == ["b", "a", "c"]
+
+
+def test_snapshots_threshold_block_size_and_null(tmp_path, capsys):
+    base = make_fleet(tmp_path / "base")
+    sizes = {n: snapshot.dir_size(base, n) for n in ("small", "big", "middle")}
+    cut = sorted(sizes.values())[1]
+    rc, all_rows, _ = run(["--snapshots", base, "-b"], capsys)
+    for spec, keep in ((str(cut), lambda v: v >= cut), (f"-{cut}", lambda v: v <= cut)):
+        rc, out, _ = run(["--snapshots", base, "-b", "-t", spec], capsys)
+        assert rc == 0 and _table_names(out) == [n for n in _table_names(all_rows) if keep(sizes[n])]
+        assert out.splitlines()[-1] == all_rows.splitlines()[-1]  # the total counts every snapshot, as du -c
+        rc, out, _ = run(["--snapshots", base, "--json", "-t", spec], capsys)
+        doc = json.loads(out)
+        assert {s["name"] for s in doc["snapshots"]} == {n for n in sizes if keep(sizes[n])}
+        assert doc["total"]["allocated"] == sum(sizes.values())
+    rc, out, _ = run(["--snapshots", base, "-B", "KiB"], capsys)
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:-1]}
+    assert rows["big"][1] == f"{-(-sizes['big'] // 1024)}KiB"
+    rc, out, _ = run(["--snapshots", base, "-m", "-h", "-b"], capsys)  # the last wins
+    assert out == all_rows
+    rc, out, _ = run(["--snapshots", base, "-b", "-0"], capsys)
+    assert "\n" not in out and out.split("\0") == all_rows.split("\n")
+
+
+@pytest.mark.parametrize("file", [snapshot.ROOTFS_FILE_NAME, snapshot.ROOTFS_META_NAME, snapshot.CH_MEM_RANGES_FILE])
+def test_snapshots_warns_when_base_is_itself_a_snapshot(tmp_path, capsys, file):
+    """--snapshots pointed at one snapshot printed "total (0)" and exited 0, with no hint."""
+    vm = tmp_path / "vm"
+    (vm / "sub").mkdir(parents=True)
+    (vm / file).write_bytes(b"{}")
+    rc, out, err = run(["--snapshots", vm], capsys)
+    assert rc == 0 and out.splitlines()[-1].split()[:2] == ["total", "(1)"]
+    assert err == (f"snapshot-du: warning: '{vm}' holds {file}: it looks like a snapshot itself; "
+                   f"--snapshots sizes the snapshots in BASE, each of its directories\n")
+    rc, out, err = run(["--snapshots", tmp_path], capsys)
+    assert (rc, err) == (0, "")

@@ -36,7 +36,13 @@ def base(tmp_path):
 def expected_prom(base) -> bytes:
     r = sdu("--snapshots", base, "--prometheus")
     assert r.returncode == 0 and r.stdout.startswith(b"# HELP")
-    return r.stdout
+    return untimed(r.stdout)
+
+
+def untimed(data: bytes) -> bytes:
+    """The exposition without the values that differ from run to run (how long, when)."""
+    import re
+    return re.sub(rb"(?m)^(snapshot_collect_(?:duration|timestamp)_seconds) \S+$", rb"\1 X", data)
 
 
 # ---- standard output ------------------------------------------------------------------
@@ -167,7 +173,7 @@ def test_o_replaces_a_regular_file_atomically_and_keeps_its_mode(base, tmp_path)
     before = os.stat(target).st_ino
     r = sdu("--snapshots", base, "--prometheus", "-o", target)
     assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
-    assert target.read_bytes() == expected_prom(base)
+    assert untimed(target.read_bytes()) == expected_prom(base)
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600 and os.stat(target).st_ino != before
     assert sorted(os.listdir(tmp_path)) == ["base", "metrics.prom"]
 
@@ -184,7 +190,7 @@ def test_o_follows_a_symlink_and_keeps_it(base, tmp_path):
         r = sdu("--snapshots", base, "--prometheus", "-o", name)
         assert r.returncode == 0, r.stderr
         assert os.path.islink(name)
-    assert real.read_bytes() == expected_prom(base) == (tmp_path / "real" / "new.prom").read_bytes()
+    assert untimed(real.read_bytes()) == expected_prom(base) == untimed((tmp_path / "real" / "new.prom").read_bytes())
     assert sorted(os.listdir(tmp_path / "real")) == ["metrics.prom", "new.prom"]
 
 
@@ -212,7 +218,7 @@ def test_o_writes_into_a_fifo_and_keeps_it(base, tmp_path):
         reader.join(10)
         if reader.is_alive() and stat.S_ISFIFO(os.lstat(fifo).st_mode):  # nothing wrote: release the reader
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        assert r.returncode == 0 and got == [expected_prom(base)]
+        assert r.returncode == 0 and [untimed(g) for g in got] == [expected_prom(base)]
         assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.path.islink(link)
 
 
@@ -227,7 +233,7 @@ def test_o_through_proc_descriptor_links_writes_into_the_open_file(base, tmp_pat
     with os.fdopen(r_end, "rb") as f:
         data = f.read()
     assert p.wait(timeout=60) == 0, p.stderr.read()
-    assert data == expected_prom(base)
+    assert untimed(data) == expected_prom(base)
     assert os.path.islink(link)
 
 
@@ -235,7 +241,7 @@ def test_o_with_a_name_of_255_bytes(base, tmp_path):
     target = tmp_path / ("m" * 250 + ".prom")
     r = sdu("--snapshots", base, "--prometheus", "-o", target)
     assert r.returncode == 0, r.stderr
-    assert target.read_bytes() == expected_prom(base)
+    assert untimed(target.read_bytes()) == expected_prom(base)
 
 
 def _main_capturing_stderr(args):
@@ -273,3 +279,142 @@ def test_o_onto_a_directory_is_an_error(base, tmp_path):
     r = sdu("--snapshots", base, "-o", tmp_path / "dir")
     assert r.returncode == 1 and b"Is a directory" in r.stderr
     assert os.listdir(tmp_path / "dir") == []
+
+
+# ---- -o through a descriptor: written into, never renamed over ---------------------------------------
+
+@pytest.mark.parametrize("form", ["/proc/self/fd/{}", "/dev/fd/{}"])
+def test_o_descriptor_of_a_pipe(base, form):
+    """-o /proc/self/fd/1 with stdout a pipe failed: "No such file or directory"."""
+    r = sdu("--snapshots", base, "--prometheus", "-o", form.format(1))
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert untimed(r.stdout) == expected_prom(base)
+
+
+@pytest.mark.parametrize("form", ["/proc/self/fd/{}", "/dev/fd/{}"])
+@pytest.mark.parametrize("as_stdout", [True, False])
+def test_o_descriptor_appends_to_a_log_and_keeps_it(base, tmp_path, form, as_stdout):
+    """With >> log.txt it renamed a new file over log.txt: the old lines were lost and a
+    hard link to it was detached."""
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"earlier line\n")
+    os.link(log, tmp_path / "hard-link")
+    ino = os.stat(log).st_ino
+    with open(log, "ab") as out:  # >> log.txt
+        fd = 1 if as_stdout else out.fileno()
+        r = subprocess.run([*CMD, "--snapshots", str(base), "--prometheus", "-o", form.format(fd)],
+                           stdout=out if as_stdout else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           pass_fds=() if as_stdout else (fd,))
+    assert (r.returncode, r.stderr) == (0, b"")
+    data = log.read_bytes()
+    assert data.startswith(b"earlier line\n") and untimed(data[len(b"earlier line\n"):]) == expected_prom(base)
+    assert os.stat(log).st_ino == ino and (tmp_path / "hard-link").read_bytes() == data
+    assert sorted(os.listdir(tmp_path)) == ["base", "hard-link", "log.txt"]
+
+
+def test_o_descriptor_of_a_deleted_file(base, tmp_path):
+    """It created a file literally named "deleted.txt (deleted)"."""
+    victim = tmp_path / "deleted.txt"
+    with open(victim, "w+b") as f:
+        os.unlink(victim)
+        r = subprocess.run([*CMD, "--snapshots", str(base), "--prometheus", "-o", f"/proc/self/fd/{f.fileno()}"],
+                           stderr=subprocess.PIPE, pass_fds=(f.fileno(),))
+        f.seek(0)
+        written = f.read()
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert untimed(written) == expected_prom(base)
+    assert sorted(os.listdir(tmp_path)) == ["base"]
+
+
+# ---- -o and symlinks: followed only where the kernel would follow them ----------------------------------
+
+@pytest.fixture
+def protected_symlinks():
+    """fs.protected_symlinks set to 1 for the test, then put back."""
+    knob = "/proc/sys/fs/protected_symlinks"
+    if os.geteuid() != 0:
+        pytest.skip("needs root to set fs.protected_symlinks and to lchown a link to nobody")
+    with open(knob) as f:
+        old = f.read().strip()
+    try:
+        with open(knob, "w") as f:
+            f.write("1")
+    except OSError as e:
+        pytest.skip(f"cannot set fs.protected_symlinks here: {e}")
+    try:
+        yield knob
+    finally:
+        with open(knob, "w") as f:
+            f.write(old)
+
+
+def _sticky_with_link(tmp_path, link_owner, dir_owner=0):
+    """tmp_path/sticky (1777, owned by dir_owner) holding metrics.prom, a symlink owned by
+    link_owner to tmp_path/victim, a root-owned 0600 file."""
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chown(sticky, dir_owner, dir_owner)
+    os.chmod(sticky, 0o1777)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's secret\n")
+    os.chmod(victim, 0o600)
+    link = sticky / "metrics.prom"
+    os.symlink(victim, link)
+    os.lchown(link, link_owner, link_owner)
+    return link, victim
+
+
+def test_o_refuses_a_link_planted_in_a_sticky_directory(base, tmp_path, protected_symlinks):
+    """It resolved the link itself (readlink) and replaced root's 0600 file with metrics."""
+    link, victim = _sticky_with_link(tmp_path, link_owner=65534)
+    r = sdu("--snapshots", base, "--prometheus", "-o", link)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"snapshot-du: cannot write to '{link}': ".encode())
+    assert victim.read_bytes() == b"root's secret\n" and stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+    assert os.path.islink(link) and os.readlink(link) == str(victim)
+    assert sorted(os.listdir(link.parent)) == ["metrics.prom"]
+    assert sorted(os.listdir(tmp_path)) == ["base", "sticky", "victim"]
+
+
+@pytest.mark.parametrize("link_owner, dir_owner", [(0, 0), (65534, 65534)])
+def test_o_follows_a_link_the_kernel_follows(base, tmp_path, protected_symlinks, link_owner, dir_owner):
+    """The caller's own link, or one owned by the directory's owner: followed, and kept."""
+    link, victim = _sticky_with_link(tmp_path, link_owner, dir_owner)
+    r = sdu("--snapshots", base, "--prometheus", "-o", link)
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert untimed(victim.read_bytes()) == expected_prom(base) and os.path.islink(link)
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+
+
+def test_o_lets_the_kernel_decide(base, tmp_path, protected_symlinks):
+    """With fs.protected_symlinks 0 the kernel follows any link: so does -o."""
+    link, victim = _sticky_with_link(tmp_path, link_owner=65534)
+    with open(protected_symlinks, "w") as f:
+        f.write("0")
+    r = sdu("--snapshots", base, "--prometheus", "-o", link)
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert untimed(victim.read_bytes()) == expected_prom(base)
+
+
+# ---- -o leaves no temporary file behind ---------------------------------------------------------------
+
+def test_o_into_an_append_only_directory_leaves_no_temporary_file(base, tmp_path):
+    """It failed, as it must, but left a .snapshot-du.<hex> file behind on every run."""
+    chattr = __import__("shutil").which("chattr")
+    if chattr is None or os.geteuid() != 0:
+        pytest.skip("needs root and chattr (e2fsprogs) to make an append-only directory")
+    d = tmp_path / "textfile"
+    d.mkdir()
+    (d / "snapshots.prom").write_text("old\n")
+    r = subprocess.run([chattr, "+a", str(d)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"chattr +a fails on this filesystem: {r.stderr.strip()}")
+    try:
+        for name in ("snapshots.prom", "new.prom"):
+            for _ in range(2):
+                r = sdu("--snapshots", base, "--prometheus", "-o", d / name)
+                assert r.returncode == 1
+                assert r.stderr == f"snapshot-du: cannot write to '{d / name}': Operation not permitted\n".encode()
+        assert sorted(os.listdir(d)) == ["snapshots.prom"] and (d / "snapshots.prom").read_text() == "old\n"
+    finally:
+        subprocess.run([chattr, "-a", str(d)], check=True)

@@ -219,3 +219,25 @@ def test_remove_without_o_path_or_proc(arena, monkeypatch):
     monkeypatch.setattr(os, "chmod", no_proc(real_chmod))
     as_nobody(snapshot.remove, "owned", "vm", cwd_fd=fd)
     assert not os.path.lexists(d)
+
+
+def test_ensure_dir_raises_the_real_error(xfs):
+    """After the filesystem shut down it raised FileExistsError, not EIO: os.path.isdir
+    swallows errors."""
+    base = xfs / "base"
+    assert snapshot.ensure_dir(base, "vm") == str(base / "vm")
+    xfs_io = __import__("shutil").which("xfs_io")
+    if xfs_io is None:
+        pytest.skip("xfs_io is not installed (Debian: xfsprogs)")
+    __import__("subprocess").run([xfs_io, "-x", "-c", "shutdown", str(xfs)], check=True)
+    for name in ("vm", "new"):
+        with pytest.raises(OSError) as e:
+            snapshot.ensure_dir(base, name)
+        assert e.value.errno == errno.EIO and not isinstance(e.value, FileExistsError), name
+
+
+def test_ensure_dir_over_a_file_in_a_parent_still_fails_as_go_does(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises((FileExistsError, NotADirectoryError)):
+        snapshot.ensure_dir(tmp_path / "file" / "base", "vm")
+    assert (tmp_path / "file").read_text() == "x"

@@ -376,3 +376,26 @@ def test_bytes_base_dir_everywhere(snap):
     snapshot.remove(base, "vm2")
     assert not os.path.exists(os.path.join(snap, "vm2"))
     assert snapshot.dir_sizes(base) == snapshot.dir_sizes(snap) == {"vm": 0}
+
+
+@pytest.mark.parametrize("meta", [RootfsMeta("x" * (10 << 20)), RootfsMeta("t", "y" * (1 << 20)),
+                                  RootfsMeta("<" * 200_000)])  # escaped as \u003c: six bytes each
+def test_write_meta_refuses_what_read_meta_would_refuse(snap, meta):
+    """A 10 MiB base_template was written, then refused by read_meta's 1 MiB cap."""
+    write_meta(snap, "vm", RootfsMeta("old"))
+    before = pathlib.Path(snapshot.meta_path(snap, "vm")).read_bytes()
+    with pytest.raises(MetaError) as e:
+        write_meta(snap, "vm", meta)
+    assert e.value.filename == snapshot.meta_path(snap, "vm") and "1048576" in e.value.reason
+    assert os.listdir(snapshot.dir_path(snap, "vm")) == ["rootfs.meta"]
+    assert pathlib.Path(snapshot.meta_path(snap, "vm")).read_bytes() == before
+    with pytest.raises(MetaError):
+        write_meta(snap, "new-vm", meta)
+    assert not os.path.exists(snapshot.dir_path(snap, "new-vm"))
+
+
+def test_write_meta_writes_right_up_to_the_cap(snap):
+    overhead = len(encode_meta(RootfsMeta("")))
+    meta = RootfsMeta("x" * ((1 << 20) - overhead))
+    write_meta(snap, "vm", meta)
+    assert os.path.getsize(snapshot.meta_path(snap, "vm")) == 1 << 20 and read_meta(snap, "vm") == meta

@@ -13,6 +13,7 @@ import pytest
 
 import snapshot
 from snapshot._report import printable
+from conftest import as_nobody
 
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
 pytestmark = pytest.mark.skipif(NODE_EXPORTER is None,
@@ -98,7 +99,8 @@ def test_node_exporter_serves_what_snapshot_du_wrote(tmp_path, node_exporter):
     got = {s.labels["snapshot"]: s.value for s in fams["snapshot_allocated_bytes"].samples}
     assert got == {printable(n): v for n, v in snapshot.dir_sizes(base).items()}
     assert len(got) == len(NAMES)
-    assert [s.value for s in fams["snapshot_count"].samples] == [len(NAMES)]
+    assert [s.value for s in fams["snapshot_directories"].samples] == [len(NAMES)]
+    assert {s.labels["snapshot"]: s.value for s in fams["snapshot_up"].samples} == {printable(n): 1 for n in NAMES}
     assert {s.labels["snapshot"]: s.value for s in fams["snapshot_apparent_bytes"].samples} == \
         {printable(n): snapshot.usage(base / n).apparent for n in NAMES}
 
@@ -120,3 +122,43 @@ def test_node_exporter_reports_a_broken_textfile(node_exporter):
     (textfiles / "snapshots.prom").write_text('snapshot_allocated_bytes{snapshot="a"b"} 1\n')
     fams = scraped(url)
     assert [s.value for s in fams["node_textfile_scrape_error"].samples] == [1]
+
+
+def _write_as_nobody(out_name):
+    import io
+    from snapshot import cli
+    sys.stderr = io.StringIO()
+    return cli.main(["--snapshots", "base", "--prometheus", "-o", out_name])
+
+
+def test_node_exporter_shows_a_failing_snapshot_as_up_0(tmp_path, node_exporter, arena):
+    """A snapshot that could not be read was left out, with nothing to say it failed."""
+    textfiles, url = node_exporter
+    path, fd = arena
+    base = make_base(path / "base")
+    (base / "db-01" / snapshot.ROOTFS_META_NAME).write_bytes(b'{"vcpus":"4"}')  # Go would refuse it
+    exe = os.path.join(os.path.dirname(sys.executable), "snapshot-du")
+    r = subprocess.run([exe, "--snapshots", str(base), "--prometheus", "-o", str(textfiles / "snapshots.prom")],
+                       capture_output=True)
+    assert r.returncode == 1 and b"bad metadata" in r.stderr
+    fams = scraped(url)
+    assert [s.value for s in fams["node_textfile_scrape_error"].samples] == [0]
+    up = {s.labels["snapshot"]: s.value for s in fams["snapshot_up"].samples}
+    assert up == {printable(n): 0 if n == "db-01" else 1 for n in NAMES}
+    assert "db-01" not in {s.labels["snapshot"] for s in fams["snapshot_allocated_bytes"].samples}
+
+    # A walk that fails (an unreadable directory, for a run without root): the snapshot stays, as 0.
+    (base / "locked" / "inner").mkdir(parents=True)
+    os.chmod(base / "locked" / "inner", 0)
+    try:
+        rc = as_nobody(_write_as_nobody, "out.prom", cwd_fd=fd)
+    finally:
+        os.chmod(base / "locked" / "inner", 0o700)
+    assert rc == 1
+    os.replace(path / "out.prom", textfiles / "snapshots.prom")
+    fams = scraped(url)
+    assert [s.value for s in fams["node_textfile_scrape_error"].samples] == [0]
+    up = {s.labels["snapshot"]: s.value for s in fams["snapshot_up"].samples}
+    assert up["locked"] == 0 and up["db-01"] == 0 and sum(up.values()) == len(NAMES) - 1
+    assert "locked" not in {s.labels["snapshot"] for s in fams["snapshot_allocated_bytes"].samples}
+    assert [s.value for s in fams["snapshot_directories"].samples] == [len(NAMES) + 1]

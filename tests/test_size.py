@@ -292,3 +292,83 @@ def test_one_file_system_stays_on_the_root_device(tmp_path, workers):
         assert whole.allocated == local.allocated + os.lstat(d / "mnt" / "inner" / "g").st_blocks * 512
     finally:
         subprocess.run(["umount", "-l", str(d / "mnt")], check=True)
+
+
+# ---- dir_sizes(errors="return"): a batch that never aborts ------------------------------------
+
+def test_dir_sizes_errors_return_maps_every_name_in_order(tmp_path):
+    names = make_fleet(tmp_path, 6)
+    (tmp_path / "a-file").write_bytes(os.urandom(3000))
+    order = ["vm003", "missing", "..", "vm000", "a/b", "a-file", "vm005", "gone"]
+    for workers in (1, 2, 4):
+        got = snapshot.dir_sizes(tmp_path, order, workers=workers, errors="return")
+        assert list(got) == order
+        for n in ("vm003", "vm000", "a-file", "vm005"):
+            assert got[n] == snapshot.dir_size(tmp_path, n)
+        for n in ("missing", "gone"):
+            assert type(got[n]) is FileNotFoundError and got[n].filename == str(tmp_path / n)
+        for n in ("..", "a/b"):
+            assert type(got[n]) is ValueError
+    assert snapshot.dir_sizes(tmp_path, errors="return") == {n: snapshot.dir_size(tmp_path, n) for n in names}
+    with pytest.raises(FileNotFoundError):  # the default is unchanged
+        snapshot.dir_sizes(tmp_path, order)
+
+
+def test_dir_sizes_errors_return_keeps_an_unreadable_snapshot(arena):
+    path, fd = arena
+    make_fleet(path, 3)
+    _tree_with_unreadable_dir(path)
+    try:
+        got = as_nobody(lambda: snapshot.dir_sizes(".", errors="return", workers=2), cwd_fd=fd)
+    finally:
+        os.chmod(path / "vm" / "locked", 0o700)
+    assert list(got) == ["vm", "vm000", "vm001", "vm002"]
+    assert type(got["vm"]) is PermissionError and got["vm"].filename == "./vm/locked"
+    assert [got[n] for n in ("vm000", "vm001", "vm002")] == [snapshot.dir_size(path, n) for n in ("vm000", "vm001",
+                                                                                                    "vm002")]
+
+
+@pytest.mark.parametrize("errors", ["ignore", "RAISE", "", None, 1, True])
+def test_dir_sizes_other_errors_values_are_value_errors(tmp_path, errors):
+    make_fleet(tmp_path, 2)
+    with pytest.raises(ValueError, match="errors"):
+        snapshot.dir_sizes(tmp_path, errors=errors)
+
+
+# ---- error filenames have the type of the path given --------------------------------------------
+
+@pytest.mark.parametrize("kind", [str, os.fsencode, __import__("pathlib").Path])
+def test_error_filenames_have_the_type_of_the_path_given(tmp_path, kind):
+    want = bytes if kind is os.fsencode else str
+
+    def check(call, where):
+        with pytest.raises(OSError) as e:
+            call()
+        assert type(e.value.filename) is want and os.fsdecode(e.value.filename) == str(where), call
+    base, missing = kind(tmp_path), kind(tmp_path / "missing")
+    (tmp_path / "dir").mkdir()
+    check(lambda: snapshot.dir_size(base, "missing"), tmp_path / "missing")
+    check(lambda: snapshot.usage(missing), tmp_path / "missing")
+    check(lambda: snapshot.dir_sizes(base, ["missing"]), tmp_path / "missing")
+    got = snapshot.dir_sizes(base, ["missing"], errors="return")["missing"]
+    assert type(got.filename) is want
+    check(lambda: snapshot.scan_blocks(missing), tmp_path / "missing")
+    check(lambda: snapshot.sparsify(missing), tmp_path / "missing")
+    check(lambda: snapshot.data_ranges(missing), tmp_path / "missing")
+    check(lambda: snapshot.data_ranges(kind(tmp_path / "dir")), tmp_path / "dir")
+    check(lambda: snapshot.read_meta(base, "missing"), snapshot.meta_path(tmp_path, "missing"))
+    check(lambda: snapshot.write_meta(base, "missing", snapshot.RootfsMeta("t")),
+          snapshot.meta_path(tmp_path, "missing"))
+
+
+def test_walk_errors_inside_the_tree_have_the_type_of_the_path_given(arena):
+    tmp_path, fd = arena
+    _tree_with_unreadable_dir(tmp_path)
+    try:
+        for call in (lambda: snapshot.dir_size(b".", "vm"), lambda: snapshot.usage(b"./vm"),
+                     lambda: snapshot.dir_sizes(b".", ["vm"])):
+            with pytest.raises(PermissionError) as e:
+                as_nobody(call, cwd_fd=fd)
+            assert e.value.filename == b"./vm/locked"
+    finally:
+        os.chmod(tmp_path / "vm" / "locked", 0o700)

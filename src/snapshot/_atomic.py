@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 
 from ._errors import os_error
 
@@ -25,18 +26,44 @@ def atomic_write(path, data: bytes, temp_prefix: str, mode: int = 0o644) -> None
     path = os.fspath(path)
     directory, name = os.path.split(path)
     as_bytes = isinstance(path, bytes)
-    tmp = temp_prefix + os.urandom(6).hex()
-    tmp_name = os.fsencode(tmp) if as_bytes else tmp
     try:
         dfd = os.open(directory or (b"." if as_bytes else "."), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise os_error(e.errno or errno.EIO, path) from None
     try:
+        atomic_write_at(dfd, name, data, temp_prefix, mode, path)
+    finally:
+        os.close(dfd)
+
+
+def atomic_write_at(dfd: int, name, data: bytes, temp_prefix: str, mode: int, path) -> None:
+    """atomic_write of *name* in the directory open as *dfd*; errors name *path*."""
+    tmp = temp_prefix + os.urandom(6).hex()
+    tmp_name = os.fsencode(tmp) if isinstance(name, bytes) else tmp
+    try:
+        _refuse_append_only(dfd)
         _replace(dfd, name, tmp_name, data, mode)
     except OSError as e:  # name the file the caller asked for, not our temporary one
         raise os_error(e.errno or errno.EIO, path) from None
-    finally:
-        os.close(dfd)
+
+
+_FS_APPEND_FL = 0x20
+_FS_IMMUTABLE_FL = 0x10
+
+
+def _refuse_append_only(dfd: int) -> None:
+    """EPERM before anything is made in an append-only or immutable directory (chattr +a,
+    +i): a temporary file could be made there but neither renamed nor removed."""
+    try:
+        import fcntl
+        import struct
+        get_flags = (2 << 30) | (struct.calcsize("l") << 16) | (ord("f") << 8) | 1  # FS_IOC_GETFLAGS
+        buf = bytearray(struct.calcsize("l"))
+        fcntl.ioctl(dfd, get_flags, buf)
+    except (ImportError, OSError):  # not Linux, or a filesystem without these flags
+        return
+    if int.from_bytes(buf[:4], sys.byteorder) & (_FS_APPEND_FL | _FS_IMMUTABLE_FL):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
 
 def _replace(dfd: int, name, tmp, data: bytes, mode: int) -> None:

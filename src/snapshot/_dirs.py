@@ -34,7 +34,7 @@ def ensure_dir(base_dir: StrPath, name: str):
     # Not os.makedirs: it creates missing parents 0777; Go's MkdirAll gives them the same 0755.
     missing = []
     p = path
-    while p and not os.path.isdir(p):  # "" is the working directory: it exists
+    while p and not _existing_dir(p):  # "" is the working directory: it exists
         missing.append(p)
         parent = os.path.dirname(p)
         if parent == p:
@@ -44,9 +44,19 @@ def ensure_dir(base_dir: StrPath, name: str):
         try:
             os.mkdir(p, 0o755)
         except FileExistsError:
-            if not os.path.isdir(p):
+            if not _existing_dir(p):
                 raise
     return path
+
+
+def _existing_dir(p) -> bool:
+    """True if *p* is a directory, False if it is missing or not a directory (a file in
+    the way, met again by mkdir); any other failure (EIO, EACCES, ELOOP) is raised:
+    not os.path.isdir, which turns every error into False."""
+    try:
+        return stat.S_ISDIR(os.stat(p).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def remove(base_dir: StrPath, name: str) -> None:

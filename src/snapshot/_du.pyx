@@ -289,7 +289,8 @@ cdef object _walked(Walk *w, int flags):
         meta = _meta(w)
     if w.err:
         error = (w.err, _bytes(w.err_path))
-    errors = [(w.errors.items[i].err, <bytes>w.errors.items[i].path) for i in range(w.errors.n)]
+    errors = [(w.errors.items[i].err, <bytes>w.errors.items[i].path, w.errors.items[i].status)
+              for i in range(w.errors.n)]
     failures = [(w.failures.items[i].status, w.failures.items[i].err, <bytes>w.failures.items[i].path,
                  w.failures.items[i].fstype) for i in range(w.failures.n)]
     records = []

@@ -3,7 +3,9 @@
 Both walkers report failures as numbers and path bytes: a walk's (code, path), where the
 code is an errno or NO_PROC, and a file job's (status, errno, path, f_type).  This module
 turns them into the matching OSError subclass (FileNotFoundError, PermissionError,
-BlockingIOError, ...) with ``errno``, ``strerror`` and a ``filename``.
+BlockingIOError, ...) with ``errno``, ``strerror`` and a ``filename``.  A ``filename`` has
+the type of the path the caller gave, as ``os`` functions do: bytes for bytes, str for str
+or a str PathLike (``as_given`` puts the walkers' bytes in that form).
 """
 from __future__ import annotations
 
@@ -35,10 +37,9 @@ class Failure(Exception):
 
 
 def os_error(errno: int, path) -> OSError:
-    """OSError(errno, strerror, filename) picks the subclass that matches errno."""
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    return OSError(errno, os.strerror(errno), path)
+    """OSError(errno, strerror, filename) picks the subclass that matches errno.
+    The filename is *path* in its own type (a PathLike as os.fspath gives it)."""
+    return OSError(errno, os.strerror(errno), os.fspath(path))
 
 
 def walk_error(code: int, path) -> OSError:
@@ -57,7 +58,7 @@ def file_error(status: int, err: int, path, f_type: int = 0, force: str = FORCE_
     """The exception for a file job's failure (Walked.failures)."""
     if err == NO_PROC:
         return walk_error(NO_PROC, path)
-    name = os.fsdecode(path) if isinstance(path, bytes) else path
+    name = os.fspath(path)
     if status == LEASED:
         return BlockingIOError(_errno.EAGAIN, "another process holds a lease on it; not opened (that would break "
                                               "the lease)", name)
@@ -86,3 +87,14 @@ _FS_NAMES = {0x858458F6: "ramfs", 0x01021994: "tmpfs", 0xEF53: "ext4", 0x5846534
 
 def fs_name(f_type: int) -> str:
     return UNSAFE_FILESYSTEMS.get(f_type) or _FS_NAMES.get(f_type) or f"0x{f_type:x}"
+
+
+def as_given(e: OSError, given) -> OSError:
+    """*e*, its filename turned into the type of *given*, the path the caller
+    passed (the walkers name files in bytes whatever they were given)."""
+    name = e.filename
+    if isinstance(name, (str, bytes)):
+        want_bytes = isinstance(os.fspath(given), bytes)
+        if want_bytes != isinstance(name, bytes):
+            e.filename = os.fsencode(name) if want_bytes else os.fsdecode(name)
+    return e

@@ -60,7 +60,7 @@ cdef int file_jobs(Worker *me, Walk *w, Node *n, int dirfd, const char *name,
         if e == ENOENT or e == ENOTDIR or e == ELOOP:
             return 0  # replaced or deleted meanwhile: its blocks count as exclusive
         if fiemap:
-            problem(w, e, n, name)
+            problem(w, e, n, name, 0)
         else:
             job_failed(w, FAILED, e, 0, n, name)
         return 0
@@ -207,11 +207,11 @@ cdef void run_job(Worker *me, Job *job, Totals *into) noexcept nogil:
         if held:
             t.unmapped += 1  # opening it would break another process's lease: its blocks count as exclusive
         elif e:
-            problem(w, e, job.dir, job.name if job.dir != NULL else NULL)
+            problem(w, e, job.dir, job.name if job.dir != NULL else NULL, 0)
         else:
             e = file_shared(me, fd, &job.st, &shared)
             if e > 0:
-                problem(w, e, job.dir, job.name if job.dir != NULL else NULL)
+                problem(w, e, job.dir, job.name if job.dir != NULL else NULL, 0)
             elif e == 0:
                 add128(&t.shared, shared if shared < <uint64_t>job.st.st_blocks * 512
                        else <uint64_t>job.st.st_blocks * 512)

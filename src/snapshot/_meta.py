@@ -169,9 +169,15 @@ def write_meta(base_dir: StrPath, name: str, meta: RootfsMeta) -> None:
 
     The file is always replaced by a new regular file (mode 0644 before the umask):
     a symlink in its place is replaced, never followed.  TypeError if *meta* is
-    not a RootfsMeta; OSError subclasses naming the path if the write fails."""
+    not a RootfsMeta; MetaError, with nothing written, for what read_meta would
+    refuse to read back (more than MAX_META_SIZE bytes once encoded); OSError
+    subclasses naming the path if the write fails."""
     data = encode_meta(meta)
-    atomic_write(meta_path(base_dir, name), data, TEMP_PREFIX, 0o644)
+    path = meta_path(base_dir, name)
+    if len(data) > MAX_META_SIZE:
+        raise MetaError(path, f"would be {len(data)} bytes, more than the {MAX_META_SIZE} a rootfs.meta may have")
+    decode_fields(data, path)  # whatever else read_meta would refuse, refused here: nothing is written
+    atomic_write(path, data, TEMP_PREFIX, 0o644)
 
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

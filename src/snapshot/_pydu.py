@@ -307,11 +307,11 @@ class _Walk:
             return self.path
         return self.tree.path(node, name)
 
-    def failed(self, e: OSError, node, name=None) -> None:
+    def failed(self, e: OSError, node, name=None, is_dir=True) -> None:
         """A directory or entry that cannot be read: skipped and noted (KEEP_GOING), or the end."""
         where = self.where(node, name)
         if self.flags & KEEP_GOING and e.errno not in (errno.ENOMEM,):
-            self.errors.append((e.errno or errno.EIO, where))
+            self.errors.append((e.errno or errno.EIO, where, int(is_dir)))
             return
         raise _Stop(e.errno or errno.EIO, where)
 
@@ -429,7 +429,7 @@ class _Walk:
                     st = None if is_dir else entry.stat(follow_symlinks=False)
                 except OSError as e:
                     if e.errno not in _VANISHED:
-                        self.failed(e, node, name)
+                        self.failed(e, node, name, False)
                     continue
                 if root_files:
                     self.snapshot_file(node.fd, name, st)

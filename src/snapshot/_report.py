@@ -12,14 +12,15 @@ as_json for names that are not UTF-8).
 from __future__ import annotations
 
 import os
+import time
 
 from ._errors import MetaError, file_error, walk_error
-from ._paths import ROOTFS_META_NAME
+from ._paths import CH_MEM_RANGES_FILE, ROOTFS_COW_NAME, ROOTFS_FILE_NAME, ROOTFS_META_NAME
 from ._size import snapshot_names, snapshot_walks, to_usage
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
-    from typing import Callable, Dict, List, Optional
+    from typing import Callable, Dict, List, Optional, Tuple
     from ._paths import StrPath
     from ._usage import Usage
     from ._walked import Walked
@@ -52,9 +53,14 @@ def _kib(n: int) -> str:
 _UNITS: Dict[str, Callable[[int], str]] = {"h": human, "b": str, "k": _kib}
 
 
-def format_size(n: Optional[int], unit: str) -> str:
-    """du's units: 'k' 1024-byte blocks rounded up (du's default), 'b' bytes, 'h' human."""
-    return "" if n is None else _UNITS[unit](n)
+def format_size(n: Optional[int], unit) -> str:
+    """du's units: 'k' 1024-byte blocks rounded up (du's default), 'b' bytes, 'h' human,
+    or any other _units.Unit (-B SIZE, --si, -m)."""
+    return "" if n is None else _formatter(unit)(n)
+
+
+def _formatter(unit) -> Callable[[int], str]:
+    return _UNITS[unit] if isinstance(unit, str) else unit
 
 
 # ---- names ---------------------------------------------------------------------
@@ -100,14 +106,16 @@ class Row:
     """One snapshot: its walk's Walked and its rootfs.meta fields.  Properties name what the
     walk holds; the renderers read it column by column."""
 
-    __slots__ = ("name", "walked", "shared", "meta", "zero")
+    __slots__ = ("name", "walked", "shared", "meta", "zero", "error")
 
-    def __init__(self, name: str, walked: Walked, shared: bool, meta: Optional[tuple]) -> None:
+    def __init__(self, name: str, walked: Walked, shared: bool, meta: Optional[tuple],
+                 error: Optional[str] = None) -> None:
         self.name = name
         self.walked = walked
         self.shared = shared
         self.meta = meta  # (base_template, template_id, vcpus, memory_mb), or None without a readable file
         self.zero: Optional[int] = None  # with zero=True: allocated bytes in all-zero blocks (scan_blocks)
+        self.error = error  # why its rootfs.meta could not be read, or None
 
     @property
     def usage(self) -> Usage:
@@ -123,19 +131,48 @@ class Row:
 
 class Report:
     """Rows sorted largest first, the problems met (one message each, for stderr),
-    and with shared: the base's set-shared bytes (each shared disk byte once)."""
+    and with shared: the base's set-shared bytes (each shared disk byte once).
+
+    No snapshot is dropped: one whose walk failed has no row but is in
+    ``failed``, with the snapshots whose rootfs.meta could not be read (their
+    rows are kept, with ``error`` set); ``unwalked`` names the former."""
 
     def __init__(self, base: str, shared: bool) -> None:
         self.base = base
         self.shared = shared
         self.rows: List[Row] = []
         self.errors: List[str] = []
+        self.failed: List[Tuple[str, str]] = []  # (name, message) of every snapshot that failed, in name order
+        self.unwalked: List[str] = []  # the names whose walk failed: they have no row
         self.shared_physical: Optional[int] = None
         self.zero = False  # rows carry .zero
+        self.duration: Optional[float] = None  # seconds build() took: listing, walks, metadata, zero scan
+        self.shown: Optional[List[Row]] = None  # the rows to show (select), or None for all
 
-    def column(self, attr: str) -> list:
-        """One Usage field of every row: allocated, apparent, shared or exclusive."""
-        rows = self.rows
+    def visible(self) -> List[Row]:
+        """The rows to show: all, or those that select() kept."""
+        return self.rows if self.shown is None else self.shown
+
+    def select(self, threshold: int) -> None:
+        """du's -t: show only the rows whose allocated bytes pass *threshold*; totals
+        still count every row, as du -c's total counts what -t leaves out."""
+        from ._units import shown
+        self.shown = [r for r in self.rows if shown(r.walked.allocated, threshold)]
+
+    def sort(self, key: str, reverse: bool = False) -> None:
+        """Order the rows by *key* (a _SORT_KEYS name): sizes largest first, names in order,
+        equal ones by name; *reverse* turns the whole order round."""
+        self.rows.sort(key=_by_name)
+        self.rows.sort(key=_SORT_KEYS[key])
+        if reverse:
+            self.rows.reverse()
+        if self.shown is not None:
+            keep = set(map(id, self.shown))
+            self.shown = [r for r in self.rows if id(r) in keep]
+
+    def column(self, attr: str, rows: Optional[List[Row]] = None) -> list:
+        """One Usage field of every row (or of *rows*): allocated, apparent, shared or exclusive."""
+        rows = self.rows if rows is None else rows
         if attr == "allocated":
             return [r.walked.allocated for r in rows]
         if attr == "apparent":
@@ -157,9 +194,25 @@ def _minus_allocated(row: Row) -> int:
     return -row.walked.allocated
 
 
+def _by_name(row: Row) -> str:
+    return row.name
+
+
+# snapshot-du --sort: each key sorts largest first (names in order); a zero scan that failed sorts last.
+_SORT_KEYS: Dict[str, Callable[[Row], object]] = {
+    "allocated": _minus_allocated,
+    "apparent": lambda r: -r.walked.apparent,
+    "name": _by_name,
+    "zero": lambda r: 1 if r.zero is None else -r.zero,
+    "exclusive": lambda r: r.walked.shared - r.walked.allocated,
+}
+SORT_KEYS = tuple(_SORT_KEYS)
+
+
 def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
           count_links: bool = True, one_file_system: bool = False, zero: bool = False, progress=None) -> Report:
     from ._meta import decode_fields, refusal  # only here: snapshot-du PATH... starts faster without re
+    start = time.monotonic()
     report = Report(os.fsdecode(base), shared)
     names = snapshot_names(base)
     results, physical = snapshot_walks(base, names, workers=workers, shared_extents=shared,
@@ -168,35 +221,49 @@ def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
     if shared:
         report.shared_physical = physical
     report.zero = zero
-    errors, rows = report.errors, report.rows
+    errors, rows, failed = report.errors, report.rows, report.failed
     prefix = os.path.join(report.base, "")  # ends with a separator
     for name, r in zip(names, results):
-        if r.error is not None:
-            e = walk_error(*r.error)
-            errors.append(f"cannot access '{printable(os.fsdecode(e.filename))}': {e.strerror}")
+        if isinstance(r, Exception) or r.error is not None:  # a name's ValueError, or the walk's failure
+            msg = _walk_failure(r if isinstance(r, Exception) else walk_error(*r.error), f"{prefix}{name}")
+            errors.append(msg)
+            failed.append((name, msg))
+            report.unwalked.append(name)
             continue
         raw = r.meta
-        meta = None
+        meta = error = None
         if raw is not None:
             try:
                 if type(raw) is not bytes:
                     raise refusal(f"{prefix}{name}/{ROOTFS_META_NAME}", raw)
                 meta = decode_fields(raw)
             except MetaError as e:
-                errors.append(f"bad metadata '{printable(f'{prefix}{name}/{ROOTFS_META_NAME}')}': {e.reason}")
+                error = f"bad metadata '{printable(f'{prefix}{name}/{ROOTFS_META_NAME}')}': {e.reason}"
             except OSError as e:
-                errors.append(f"cannot read '{printable(os.fsdecode(e.filename))}': {e.strerror}")
-        row = Row(name, r, shared, meta)
+                error = f"cannot read '{printable(os.fsdecode(e.filename))}': {e.strerror}"
+            if error is not None:
+                errors.append(error)
+                failed.append((name, error))
+        row = Row(name, r, shared, meta, error)
         if zero:
             row.zero = r.zero
-            for status, err, where, fstype in r.failures:  # the figure would be wrong: left out
+            for status, err, where, fstype in r.failures:  # its zero figure would be wrong: left out
                 e = file_error(status, err, where, fstype, force="--force")
                 errors.append(f"cannot read '{printable(os.fsdecode(where))}': {e.strerror}")
                 row.zero = None
         rows.append(row)
     # Names come sorted, and the sort is stable: equal sizes stay in name order.
     rows.sort(key=_minus_allocated)
+    report.duration = time.monotonic() - start
     return report
+
+
+def _walk_failure(e: Exception, path: str) -> str:
+    """The message for a snapshot whose walk failed (or whose name is not one path component)."""
+    if isinstance(e, OSError):
+        shown = path if e.filename is None else os.fsdecode(e.filename)
+        return f"cannot access '{printable(shown)}': {e.strerror}"
+    return f"cannot access '{printable(path)}': {e}"
 
 
 # ---- rendering ------------------------------------------------------------------
@@ -205,24 +272,29 @@ def _sum(values) -> int:
     return sum(v for v in values if v is not None)
 
 
-def table(report: Report, unit: str) -> str:
-    """The table: left-aligned names, right-aligned numbers.  In the total row,
-    SHARED is the base's set-shared bytes (each shared disk block once), so that
-    SHARED + EXCLUSIVE there is what the snapshots really occupy."""
-    rows = report.rows
-    fmt = _UNITS[unit]
+def table(report: Report, unit, end: str = "\n") -> str:
+    """The table: left-aligned names, right-aligned numbers, each line ending in *end*
+    (NUL for -0).  Rows are report.visible(); the total row counts every row.  In the
+    total row, SHARED is the base's set-shared bytes (each shared disk block once), so
+    that SHARED + EXCLUSIVE there is what the snapshots really occupy."""
+    rows = report.visible()
+    fmt = _formatter(unit)
+    text_cells = unit == "h" or (not isinstance(unit, str) and not unit.plain)
 
     def sizes(head: str, values: list, last: str) -> tuple:
         """(cells, width).  Cells may be ints: "%s" converts them in C, much cheaper
         than str() per value, and the widest int is the largest."""
         cells: list
-        if unit == "h":
-            cells = ["" if v is None else human(v) for v in values]
+        if text_cells:  # -h, --si, -B with a unit suffix
+            cells = ["" if v is None else fmt(v) for v in values]
             return [head, *cells, last], max(map(len, [head, *cells, last]))
         if unit == "k":  # du's default unit, 1024-byte blocks rounded up
             cells = [-1 if v is None else (v + 1023) >> 10 for v in values]
-        else:
+        elif unit == "b":
             cells = [-1 if v is None else v for v in values]
+        else:  # -B N, -m: N-byte blocks rounded up
+            block = unit.block
+            cells = [-1 if v is None else -(-v // block) for v in values]
         widest = max(len(head), len(last), len(str(max(cells, default=0))))
         if -1 in cells:  # a missing file: a blank cell
             cells = ["" if c == -1 else c for c in cells]
@@ -238,31 +310,33 @@ def table(report: Report, unit: str) -> str:
         widest = max([len(head), *(len(str(f(ints))) for f in (min, max) if ints)])
         return [head, *values, ""], widest
 
-    def total(values) -> str:
-        return fmt(sum(filter(None, values)))
+    def total(i: int) -> str:  # of every row, shown or not
+        return fmt(sum(filter(None, (r.walked.named[i] for r in report.rows))))
+
+    def column(attr: str) -> list:
+        return report.column(attr, rows)
 
     metas = [r.meta or _NO_META for r in rows]
     files = [[r.walked.named[i] for r in rows] for i in range(3)]
     cols = [
-        text("SNAPSHOT", _printable_all([r.name for r in rows]), f"total ({len(rows)})"),
-        sizes("ALLOCATED", report.column("allocated"), format_size(report.total("allocated"), unit)),
-        sizes("APPARENT", report.column("apparent"), format_size(report.total("apparent"), unit)),
-        sizes("MEMORY", files[0], total(files[0])),
-        sizes("COW", files[1], total(files[1])),
-        sizes("ROOTFS", files[2], total(files[2])),
+        text("SNAPSHOT", _printable_all([r.name for r in rows]), f"total ({len(report.rows)})"),
+        sizes("ALLOCATED", column("allocated"), format_size(report.total("allocated"), unit)),
+        sizes("APPARENT", column("apparent"), format_size(report.total("apparent"), unit)),
+        sizes("MEMORY", files[0], total(0)),
+        sizes("COW", files[1], total(1)),
+        sizes("ROOTFS", files[2], total(2)),
         text("BASE_TEMPLATE", _printable_all([m[0] for m in metas]), ""),
         number("VCPUS", [m[2] for m in metas]),
         number("MEMORY_MB", [m[3] for m in metas]),
     ]
     if report.shared:
-        cols.append(sizes("SHARED", report.column("shared"), format_size(report.shared_physical, unit)))
-        cols.append(sizes("EXCLUSIVE", report.column("exclusive"), format_size(report.total("exclusive"), unit)))
+        cols.append(sizes("SHARED", column("shared"), format_size(report.shared_physical, unit)))
+        cols.append(sizes("EXCLUSIVE", column("exclusive"), format_size(report.total("exclusive"), unit)))
     if report.zero:
-        zeros = [r.zero for r in rows]
-        cols.append(sizes("ZERO", zeros, total(zeros)))
+        cols.append(sizes("ZERO", [r.zero for r in rows], fmt(_sum(r.zero for r in report.rows))))
     line = "  ".join(f"%{'-' if i in (0, 6) else ''}{width}s" for i, (_, width) in enumerate(cols))
     # Only a row whose last cell is blank (no metadata, the total) would end in spaces.
-    return "".join([line % cells + "\n" if cells[-1] != "" else (line % cells).rstrip() + "\n"
+    return "".join([line % cells + end if cells[-1] != "" else (line % cells).rstrip() + end
                     for cells in zip(*(cells for cells, _ in cols))])
 
 
@@ -305,46 +379,88 @@ def as_json(report: Report) -> str:
         total["zero"] = _sum(r.zero for r in report.rows)
     doc: dict = {}
     _json_name(doc, "base", report.base)
-    doc.update(snapshots=[row(r) for r in report.rows], total=total, errors=report.errors)
+    failed = []
+    for name, msg in report.failed:
+        f: dict = {}
+        _json_name(f, "name", name)
+        f["error"] = msg
+        failed.append(f)
+    doc.update(snapshots=[row(r) for r in report.visible()], total=total, failed=failed, errors=report.errors)
     import json
     return json.dumps(doc, indent=1) + "\n"
 
 
-def metric_families(report: Report) -> list:
-    """The Prometheus metrics of a report, as (name, help, samples); each sample is
-    (snapshot label value, or None for an unlabelled metric; value).  Label values are
-    names as printable() shows them, so distinct names stay distinct.  The one list that
-    both snapshot-du --prometheus and snapshot.prometheus.SnapshotCollector expose."""
-    metrics = [("snapshot_allocated_bytes", "allocated", "Bytes allocated to the snapshot's files (st_blocks * 512)."),
-               ("snapshot_apparent_bytes", "apparent", "Apparent size of the snapshot's files (st_size).")]
+_FILES = ((0, CH_MEM_RANGES_FILE), (1, ROOTFS_COW_NAME), (2, ROOTFS_FILE_NAME))  # Walked.named index, file
+
+
+def metric_families(report: Report, timestamp: Optional[float] = None) -> list:
+    """The Prometheus metrics of a report, as (name, help, label names, samples); each
+    sample is (label values, value).  Label values are names as printable() shows them,
+    so distinct names stay distinct.  The one list that both snapshot-du --prometheus
+    and snapshot.prometheus.SnapshotCollector expose (*timestamp*, when the collection
+    ended, only for the textfile: a scrape has its own time).
+
+    Every snapshot has snapshot_up: 1, or 0 when its walk or its rootfs.meta failed.
+    Only a snapshot that is up has sizes, files and info: a failure is never a 0."""
+    rows = report.rows
+    labels = _printable_all([r.name for r in rows])
+    up = [((label,), 0 if r.error is not None else 1) for label, r in zip(labels, rows)]
+    up += [((label,), 0) for label in _printable_all(report.unwalked)]
+    good = [(label, r) for label, r in zip(labels, rows) if r.error is None]
+    snap = ("snapshot",)
+    out = [("snapshot_up", "1 if the snapshot was read (its walk and its rootfs.meta), 0 if not.", snap, up)]
+    sizes = [("snapshot_allocated_bytes", "allocated",
+              "Bytes allocated to the snapshot's files (st_blocks * 512)."),
+             ("snapshot_apparent_bytes", "apparent", "Apparent size of the snapshot's files (st_size).")]
     if report.shared:
-        metrics += [("snapshot_shared_bytes", "shared",
-                     "Allocated bytes in extents shared with other files (reflinks)."),
-                    ("snapshot_exclusive_bytes", "exclusive", "Allocated bytes in extents not shared.")]
+        sizes += [("snapshot_shared_bytes", "shared", "Allocated bytes in extents shared with other files (reflinks)."),
+                  ("snapshot_exclusive_bytes", "exclusive", "Allocated bytes in extents not shared.")]
     if report.zero:
-        metrics.append(("snapshot_zero_bytes", "zero",
-                        "Allocated bytes in blocks that hold only zeros (what sparsify frees)."))
-    labels = _printable_all([r.name for r in report.rows])
-    out = [(metric, doc, [(label, v) for label, v in zip(labels, report.column(attr))
-                          if v is not None])  # a snapshot that could not be scanned has no zero figure
-           for metric, attr, doc in metrics]
+        sizes.append(("snapshot_zero_bytes", "zero",
+                      "Allocated bytes in blocks that hold only zeros (what sparsify frees)."))
+    good_rows = [r for _, r in good]
+    for metric, attr, doc in sizes:
+        values = report.column(attr, good_rows)
+        # a snapshot that could not be scanned has no zero figure
+        out.append((metric, doc, snap, [((label,), v) for (label, _), v in zip(good, values) if v is not None]))
+    files = [((label, file), r.walked.named[i]) for label, r in good for i, file in _FILES
+             if r.walked.named[i] is not None]
+    out.append(("snapshot_file_allocated_bytes",
+                "Bytes allocated to the snapshot's memory-ranges, rootfs.cow and rootfs.ext4 (those present).",
+                ("snapshot", "file"), files))
+    info = [((label, *_printable_all([r.meta[0], r.meta[1]]), str(r.meta[2]), str(r.meta[3])), 1)
+            for label, r in good if r.meta is not None]
+    out.append(("snapshot_info", "The snapshot's rootfs.meta (those that have one), as labels; always 1.",
+                ("snapshot", "base_template", "template_id", "vcpus", "memory_mb"), info))
     if report.shared:
         out.append(("snapshot_set_shared_bytes",
                     "Bytes on disk in shared extents of all snapshots, each counted once.",
-                    [(None, report.shared_physical)]))
-    out.append(("snapshot_count", "Snapshots sized in the base directory.", [(None, len(report.rows))]))
+                    (), [((), report.shared_physical)]))
+    out.append(("snapshot_directories", "Snapshot directories in the base directory, failed ones included.",
+                (), [((), len(rows) + len(report.unwalked))]))
+    out.append(("snapshot_collect_duration_seconds",
+                "Seconds the collection took: listing the base, the walks, rootfs.meta, the zero scan.",
+                (), [((), report.duration or 0.0)]))
+    if timestamp is not None:
+        out.append(("snapshot_collect_timestamp_seconds", "When the collection ended, in seconds since the epoch.",
+                    (), [((), timestamp)]))
     return out
 
 
-def prometheus(report: Report) -> str:
+def _label_value(v: str) -> str:
+    """The exposition format's escapes: backslash, double quote (printable() left no newline)."""
+    return v.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def prometheus(report: Report, timestamp: Optional[float] = None) -> str:
     """The text exposition format (what node_exporter's textfile collector reads)."""
     out = []
-    for metric, doc, samples in metric_families(report):
+    for metric, doc, names, samples in metric_families(report, timestamp):
         out += [f"# HELP {metric} {doc}", f"# TYPE {metric} gauge"]
-        for label, v in samples:
-            if label is None:
+        for values, v in samples:
+            if not names:
                 out.append(f"{metric} {v}")
-            else:  # the format's escapes: backslash, double quote (printable() left no newline)
-                label = label.replace("\\", "\\\\").replace('"', '\\"')
-                out.append(f'{metric}{{snapshot="{label}"}} {v}')
+            else:
+                labels = ",".join(f'{n}="{_label_value(x)}"' for n, x in zip(names, values))
+                out.append(f"{metric}{{{labels}}} {v}")
     return "\n".join(out) + "\n"

@@ -10,7 +10,7 @@ import os
 import sys
 
 from ._codes import NO_BLOCKS, ONE_FILE_SYSTEM, SCAN, SHARED_EXTENTS, SNAPSHOT_FILES, UNIQUE_INODES
-from ._errors import walk_error
+from ._errors import as_given, walk_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
@@ -29,7 +29,10 @@ else:  # pragma: no cover - no such machine here
 
 def dir_size(base_dir: StrPath, name: str) -> int:
     """The seed's DirSize: st_blocks*512 summed over every non-directory below the snapshot."""
-    return _impl.dir_size(base_dir, name)
+    try:
+        return _impl.dir_size(base_dir, name)
+    except OSError as e:
+        raise as_given(e, base_dir) from None
 
 
 def flags(count_links: bool = True, one_file_system: bool = False, shared_extents: bool = False) -> int:
@@ -68,7 +71,7 @@ def walk(path: Union[StrPath, bytes], *, workers: Optional[int] = None, count_li
     """usage() without the Usage: the walk's Walked; raises its failure."""
     r = walk_paths([os.fsencode(path)], flags(count_links, one_file_system, shared_extents), workers)[0][0]
     if r.error is not None:
-        raise walk_error(*r.error)
+        raise as_given(walk_error(*r.error), path)
     return r
 
 
@@ -128,31 +131,72 @@ def snapshot_walks(base_dir: StrPath, names: List[str], *, workers: Optional[int
                    zero: bool = False, progress=None) -> tuple:
     """The fleet report's walk (see _report): every snapshot, with what the walk saw of its
     files (Walked.named, .meta) and, with *zero*, the zero bytes of its files (a SCAN job).
-    Returns ([Walked per name], shared_physical of them all)."""
-    paths, bad = _encode_all(base_dir, names)
-    if bad is not None:
-        raise bad
-    return walk_paths(paths, flags(count_links, one_file_system, shared_extents) | SNAPSHOT_FILES, workers,
-                      blocks=SCAN if zero else NO_BLOCKS, progress=progress)
+    Returns ([per name: its Walked, or the ValueError of a name that is not one path
+    component, as dir_sizes(errors="return") gives it: no name is dropped], shared_physical
+    of them all)."""
+    paths, results = _encode_each(base_dir, names)
+    walked, physical = walk_paths(paths, flags(count_links, one_file_system, shared_extents) | SNAPSHOT_FILES,
+                                  workers, blocks=SCAN if zero else NO_BLOCKS, progress=progress)
+    return _fill(results, walked), physical
 
 
 def dir_sizes(base_dir: StrPath, names: Optional[Iterable[str]] = None, *,
-              workers: Optional[int] = None) -> Dict[str, int]:
+              workers: Optional[int] = None, errors: str = "raise") -> Dict[str, Union[int, Exception]]:
     """{name: dir_size(base_dir, name)} for many snapshots, sized on *workers* threads
     (None: as many as help).
 
-    *names* defaults to every directory in *base_dir* (snapshot_names).  The result
-    is what a loop of dir_size gives, errors included: the first name, in order,
-    that fails raises its own exception (OSError subclass, ValueError or TypeError)."""
+    *names* defaults to every directory in *base_dir* (snapshot_names).  With
+    errors="raise" (the default) the result is what a loop of dir_size gives,
+    errors included: the first name, in order, that fails raises its own
+    exception (OSError subclass, ValueError or TypeError).  With errors="return"
+    no name stops the batch: every name is sized, and a name that fails maps to
+    its exception instead of a size (the OSError subclass, with its filename, or
+    ValueError for a name that is not one path component), in the order given.
+    A name that is not a str is still a TypeError, and so is a bad *workers*.
+    Any other *errors* is a ValueError."""
+    if not isinstance(errors, str) or errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
     names = snapshot_names(base_dir) if names is None else _name_list(names)
+    if errors == "return":
+        return dict(zip(names, sizes_or_errors(base_dir, names, workers=workers)))
     paths, bad = _encode_all(base_dir, names)
     results = walk_paths(paths, 0, workers, stop_on_error=True)[0]
     out = {}
     for name, r in zip(names, results):
         assert r is not None  # names are left unwalked (None) only after a failed one
         if r.error is not None:
-            raise walk_error(*r.error)
+            raise as_given(walk_error(*r.error), base_dir)
         out[name] = r.allocated
     if bad is not None:
         raise bad
     return out
+
+
+def _encode_each(base_dir, names: list) -> tuple:
+    """(paths, results): the encoded path of every good name, and a list with, for
+    each name, its ValueError if it is not one path component, else None (its
+    walk's result goes there).  TypeError for a name that is not a str."""
+    paths: list = []
+    results: list = []
+    for n in names:
+        try:
+            paths.append(_impl.encode_path(base_dir, n))
+            results.append(None)
+        except ValueError as e:
+            results.append(e)
+    return paths, results
+
+
+def _fill(results: list, walked) -> list:
+    """*results* (see _encode_each) with each None replaced by the next of *walked*."""
+    it = iter(walked)
+    return [next(it) if r is None else r for r in results]
+
+
+def sizes_or_errors(base_dir: StrPath, names: List[str], *, workers: Optional[int] = None) -> list:
+    """dir_sizes(errors="return")'s values, in the order of *names*: each the
+    allocated bytes, or the exception that name met (see dir_sizes)."""
+    paths, results = _encode_each(base_dir, names)
+    walked = walk_paths(paths, 0, workers)[0]
+    return _fill(results, [r.allocated if r.error is None else as_given(walk_error(*r.error), base_dir)
+                           for r in walked])

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import _size
 from ._codes import CHUNK, DRY_RUN, PUNCH, SCAN
-from ._errors import FORCE_ARG, Failure, file_error, walk_error
+from ._errors import FORCE_ARG, Failure, as_given, file_error, walk_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
@@ -30,7 +30,21 @@ _RANGE_BATCH = 4096  # runs per batch of data_ranges: memory stays bounded
 
 @dataclass(frozen=True)
 class BlockUsage:
-    """What scan_blocks found.  Bytes, exact."""
+    """What scan_blocks found.  Bytes, exact.
+
+    files: how many regular files were scanned, each inode once (symlinks are never
+        followed).
+
+    allocated: st_blocks * 512 over the non-directories, as usage().allocated
+        counts them.
+
+    data: the bytes of block_size-aligned blocks that hold at least one non-zero
+        byte (a partial last block counts its length in the file); holes are
+        never read and count in neither data nor zero.
+
+    zero: the allocated bytes of blocks that hold only zeros (inside the
+        SEEK_DATA/SEEK_HOLE regions): the disk that sparsify would free.
+    """
 
     files: int  # regular files scanned
     allocated: int  # st_blocks * 512 over the non-directories, as usage() counts
@@ -40,13 +54,26 @@ class BlockUsage:
 
 @dataclass(frozen=True)
 class Sparsified:
-    """What sparsify did (or, with dry_run, would do).
+    """What sparsify did (or, with dry_run, would do).  Bytes, exact.
 
-    The dry run counts the zero bytes it would punch, in whole allocation units.  Punching
-    splits extents, and a filesystem may add metadata for that (ext4's extent tree grows a
-    block when an inode's extents no longer fit), so a real run can free a little less than
-    its dry run predicted (README, "Zero blocks", for the figures measured); a real run's
-    allocated_after is always what st_blocks says afterwards."""
+    files: how many regular files were sparsified, each inode once (with dry_run:
+        scanned).
+
+    punched: the allocated bytes of the all-zero allocation units that were
+        punched out (with dry_run: that would be).
+
+    allocated_before: st_blocks * 512 of the files it punched, before.
+
+    allocated_after: st_blocks * 512 of those files afterwards, as fstat reports
+        it; with dry_run, allocated_before - punched, a prediction.
+
+    The dry run counts the zero bytes it would punch, in whole allocation units.
+    Punching splits extents, and a filesystem may add metadata for that (ext4's
+    extent tree grows a block when an inode's extents no longer fit), so a real run
+    can free a little less than its dry run predicted (README, "Zero blocks", for
+    the figures measured); a real run's allocated_after is always what st_blocks
+    says afterwards.
+    """
 
     files: int  # regular files sparsified, each inode once
     punched: int  # allocated bytes of the all-zero allocation units punched (dry_run: that would be)
@@ -87,7 +114,7 @@ def scan_blocks(path: StrPath, *, block_size: int = 4096, workers: Optional[int]
     r = walk_blocks(path, SCAN, workers=workers, block_size=_block(block_size))
     failure = first_failure(r)
     if failure is not None:
-        raise failure
+        raise as_given(failure, path)
     return BlockUsage(r.block_files, r.allocated, r.data, r.zero)
 
 
@@ -102,8 +129,8 @@ def data_ranges(path: StrPath, *, block_size: int = 4096) -> Iterator[Tuple[int,
     try:
         reader = _size._impl.DataRanges(p, block)
     except Failure as f:
-        raise file_error(*_named(f.args, p)) from None
-    return _ranges(reader, p)
+        raise as_given(file_error(*_named(f.args, p)), path) from None
+    return _ranges(reader, p, path)
 
 
 def _named(args: tuple, path: bytes) -> tuple:
@@ -111,14 +138,14 @@ def _named(args: tuple, path: bytes) -> tuple:
     return status, err, where if where is not None else path, fstype
 
 
-def _ranges(reader, p: bytes) -> Iterator[Tuple[int, int]]:
+def _ranges(reader, p: bytes, given) -> Iterator[Tuple[int, int]]:
     try:
         done = False
         while not done:
             try:
                 runs, done = reader.batch(_RANGE_BATCH)
             except Failure as f:
-                raise file_error(*_named(f.args, p)) from None
+                raise as_given(file_error(*_named(f.args, p)), given) from None
             yield from runs
     finally:
         reader.close()
@@ -149,14 +176,15 @@ def sparsify(path: StrPath, *, dry_run: bool = False, force: bool = False,
     Every file is tried; then the first failure (by path) is raised, with ``.sparsified``
     giving what was done."""
     r = walk_blocks(path, DRY_RUN if dry_run else PUNCH, workers=workers, force=bool(force))
-    return summarize(r)
+    return summarize(r, path)
 
 
-def summarize(r: Walked, force: str = FORCE_ARG) -> Sparsified:
-    """Sparsified of a walk's results; raises the first failure with .sparsified attached."""
+def summarize(r: Walked, given, force: str = FORCE_ARG) -> Sparsified:
+    """Sparsified of a walk's results; raises the first failure (its filename of the type
+    of *given*, the caller's path) with .sparsified attached."""
     done = Sparsified(r.block_files, r.punched, r.before, r.after)
     failure = first_failure(r, force)
     if failure is not None:
         failure.sparsified = done  # type: ignore[attr-defined]
-        raise failure
+        raise as_given(failure, given)
     return done

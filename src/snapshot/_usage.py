@@ -14,7 +14,35 @@ if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 5
 
 @dataclass(frozen=True)
 class Usage:
-    """What one walk found.  Sizes in bytes, exact (Python ints never wrap)."""
+    """What one walk of usage() found.  Sizes in bytes, exact (Python ints never wrap).
+
+    allocated: st_blocks * 512 summed over every entry that is not a directory
+        (regular files, symlinks themselves, FIFOs, sockets, devices); directories'
+        own blocks are not counted.  What dir_size returns.
+
+    apparent: st_size summed over the same entries (a sparse file counts its
+        whole length).
+
+    files: how many entries were counted (everything but directories).
+
+    dirs: how many directories were walked, the root included.
+
+    shared: with shared_extents=True, the allocated bytes in extents that the
+        filesystem flags FIEMAP_EXTENT_SHARED (reflinked with another file, or
+        with a snapshot of it), capped at each file's allocated size; else None.
+
+    exclusive: with shared_extents=True, allocated - shared: what deleting the
+        tree would free, as far as sharing goes; else None.
+
+    shared_physical: with shared_extents=True, the union of the shared extents'
+        physical ranges across the whole walk, each disk byte counted once (btrfs's
+        "set shared"), so exclusive + shared_physical is the tree's real footprint
+        on disk; else None.
+
+    unmapped_files: with shared_extents=True, how many regular files' extents
+        could not be read because another process held a lease on them (opening
+        them would have broken it); their blocks count as exclusive; else None.
+    """
 
     allocated: int  # st_blocks * 512 over non-directories
     apparent: int  # st_size over non-directories

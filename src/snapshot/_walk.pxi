@@ -85,7 +85,7 @@ cdef inline void totals_merge(Totals *t, Totals *u) noexcept nogil:
 # ---- what a walk met: failures, skipped entries, records ----------------------------------
 
 cdef struct Problem:
-    int status  # a file job's status; 0 for a walk's error (KEEP_GOING)
+    int status  # a file job's status; for a walk's error (KEEP_GOING), 1 if a directory
     int err
     long fstype
     char *path  # malloc'd
@@ -381,13 +381,13 @@ cdef void fail_at(Walk *w, int err, Node *n, const char *entry) noexcept nogil:
     stop_walk(w)
 
 
-cdef int problem(Walk *w, int err, Node *n, const char *entry) noexcept nogil:
-    """An entry or directory that cannot be read.  With KEEP_GOING it is noted and
-    skipped (0); else the walk fails (1).  Lock not held."""
+cdef int problem(Walk *w, int err, Node *n, const char *entry, int is_dir) noexcept nogil:
+    """An entry or directory (*is_dir*) that cannot be read.  With KEEP_GOING it is noted
+    and skipped (0); else the walk fails (1).  Lock not held."""
     cdef int rc = 0
     pthread_mutex_lock(&w.dc.lock)
     if not (w.b.flags & F_KEEP_GOING) or err == ENOMEM or \
-            problems_add(&w.errors, 0, err, 0, node_path(w.path, n, entry)) != 0:
+            problems_add(&w.errors, is_dir, err, 0, node_path(w.path, n, entry)) != 0:
         fail_at(w, err, n, entry)
         rc = 1
     pthread_mutex_unlock(&w.dc.lock)
@@ -790,7 +790,7 @@ cdef void process(Worker *me, Node *n) noexcept nogil:
     if not stopped(w) and n.fd < 0:
         e = open_deferred(n)
         if e > 0:
-            problem(w, e, n, NULL)
+            problem(w, e, n, NULL, 1)
         e = 0
     if not stopped(w) and n.fd >= 0:
         e = read_dir(me, n)
@@ -870,7 +870,7 @@ cdef int read_dir(Worker *me, Node *n) noexcept nogil:
         got = sys_getdents(n.fd, me.dents, DENTS_BYTES)
         if got <= 0:
             if got < 0 and snap_errno() != ENOENT:  # ENOENT: removed while read, what was read counts
-                problem(w, snap_errno(), n, NULL)
+                problem(w, snap_errno(), n, NULL, 1)
             return 0
         me.nkids = 0
         deferred = 0
@@ -912,7 +912,7 @@ cdef int read_dir(Worker *me, Node *n) noexcept nogil:
                     if e == ENOENT or e == ENOTDIR:
                         e = 0
                         continue  # vanished meanwhile
-                    if problem(w, e, n, name):
+                    if problem(w, e, n, name, 0):
                         e = 0
                         break
                     e = 0
@@ -982,7 +982,7 @@ cdef int add_kid(Worker *me, Node *n, const char *name, int64_t index, size_t *d
         if e == ENOENT or e == ENOTDIR or e == ELOOP:
             return 0  # gone, or replaced by a file or a symlink meanwhile: skipped
         if e != EMFILE and e != ENFILE:
-            problem(w, e, n, name)
+            problem(w, e, n, name, 1)
             return 0
     kid = node_new(n, w, name, namelen, index)
     if kid == NULL:

@@ -19,8 +19,8 @@ Walked = namedtuple("Walked", [
     # None, or (code, path bytes): the failure that stopped the walk (an errno, or NO_PROC);
     # what was counted before it is in the sums above
     "error",
-    # KEEP_GOING: [(errno, path bytes)] for each directory or entry that could not be read
-    # and was skipped
+    # KEEP_GOING: [(errno, path bytes, 1 for a directory that could not be read, 0 for an
+    # entry that could not be stat'ed)], each skipped
     "errors",
     # file jobs that did not end DONE: [(status, errno, path bytes, statfs f_type)]
     "failures",

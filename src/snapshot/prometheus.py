@@ -7,13 +7,15 @@
 Each scrape sizes every snapshot directory in the base with one batched walk (the
 fleet report's, on *workers* threads) and exposes the metrics that
 ``snapshot-du --snapshots BASE --prometheus`` writes, with the same names, help
-and ``snapshot`` labels (_report.metric_families is the one list of them).
+and labels (_report.metric_families is the one list of them), but for
+snapshot_collect_timestamp_seconds: a scrape has its own time.
 
 Needs the ``prometheus`` extra: ``pip install 'cloudhv-snapshot[prometheus]'``.
 """
 from __future__ import annotations
 
 import logging
+import os
 
 try:
     from prometheus_client.core import GaugeMetricFamily
@@ -40,36 +42,43 @@ _log = logging.getLogger(__name__)
 class SnapshotCollector:
     """Sizes the snapshots in *base_dir* at each scrape; see the module's docstring.
 
-    *shared* adds the reflink metrics (FIEMAP: snapshot_shared_bytes,
-    snapshot_exclusive_bytes, snapshot_set_shared_bytes).  *workers*: threads, by
-    default every CPU.  A base that cannot be listed fails the scrape (the OSError
-    propagates, so Prometheus sees the target fail); a snapshot that cannot be read
-    is left out and logged on the ``snapshot.prometheus`` logger."""
+    *shared* (a bool) adds the reflink metrics (FIEMAP: snapshot_shared_bytes,
+    snapshot_exclusive_bytes, snapshot_set_shared_bytes).  *workers*: threads, an
+    int or None for every CPU.  Wrong types are a TypeError when the collector is
+    made, as the functions raise them, not at every scrape.  A base that cannot be
+    listed fails the scrape (the OSError propagates, so Prometheus sees the target
+    fail); a snapshot that cannot be read (its walk or its rootfs.meta) stays
+    visible as snapshot_up 0, without sizes, and is logged on the
+    ``snapshot.prometheus`` logger.  snapshot_collect_duration_seconds says how
+    long the scrape's walk took."""
 
     def __init__(self, base_dir: StrPath, *, shared: bool = False, workers: Optional[int] = None) -> None:
+        os.fspath(base_dir)  # TypeError unless str, bytes or os.PathLike, as os functions take it
+        if not isinstance(shared, bool):
+            raise TypeError(f"shared must be a bool, not {type(shared).__name__}")
         if workers is not None:
             _workers(workers)  # TypeError or ValueError now, not at every scrape
         self.base_dir = base_dir
-        self.shared = bool(shared)
+        self.shared = shared
         self.workers = workers
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         """The metric names without sizing anything: registering does not walk the base."""
         empty = _report.Report("", self.shared)
-        for name, doc, _ in _report.metric_families(empty):
+        for name, doc, _, _ in _report.metric_families(empty):
             yield GaugeMetricFamily(name, doc)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         report = _report.build(self.base_dir, workers=self.workers, shared=self.shared)
         for msg in report.errors:
             _log.warning("%s", msg)
-        for name, doc, samples in _report.metric_families(report):
-            if samples and samples[0][0] is None:
+        for name, doc, labels, samples in _report.metric_families(report):
+            if not labels:
                 yield GaugeMetricFamily(name, doc, value=samples[0][1])
                 continue
-            family = GaugeMetricFamily(name, doc, labels=["snapshot"])
-            for label, value in samples:
-                family.add_metric([label], value)
+            family = GaugeMetricFamily(name, doc, labels=list(labels))
+            for values, value in samples:
+                family.add_metric(list(values), value)
             yield family
 
     def __repr__(self) -> str:
