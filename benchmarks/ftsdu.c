@@ -1,6 +1,6 @@
 /* The C baselines for benchmarks/compare.py: what dir_size does, in plain C.
  *
- *   ftsdu [-j THREADS] [-a [-t TREE_THREADS]] PATH...
+ *   ftsdu [-j THREADS] [-a [-t TREE_THREADS] [-i MIN]] PATH...
  *
  * Sizes each PATH: st_blocks * 512 over non-directories, entries that vanish
  * below the root skipped.  THREADS workers take paths from a shared counter.
@@ -16,6 +16,12 @@
  * DT_DIR, no stat of directories.  -t N: N threads share one tree, taking open
  * directories from one stack.  (It keeps every pending directory open: fine
  * for a benchmark, where the library keeps a descriptor budget.)
+ *
+ * -i MIN (with -a): a directory of at least MIN entries is read whole first and
+ * its entries visited in inode-number order, as gnulib's fts does above 10,000
+ * entries: with cold caches, ext4 then reads its inode table in order instead of
+ * in name-hash order.  An experiment for benchmarks/cold.py; without -i entries
+ * are visited as getdents64 returns them.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -64,7 +70,7 @@ out:
     return rc;
 }
 
-static int use_at, tree_threads = 1;
+static int use_at, tree_threads = 1, sort_min = 0;
 
 struct tree {           /* one walk: a stack of open directories shared by its threads */
     pthread_mutex_t m;
@@ -89,6 +95,59 @@ static void push(struct tree *t, int fd)
     pthread_mutex_unlock(&t->m);
 }
 
+/* One entry of the directory fd: a non-directory's blocks counted, a directory pushed. */
+static void visit(struct tree *t, int fd, struct dent64 *d, unsigned __int128 *blocks)
+{
+    if (d->name[0] == '.' && (!d->name[1] || (d->name[1] == '.' && !d->name[2])))
+        return;
+    struct stat st;
+    if (d->type != DT_DIR) {
+        if (fstatat(fd, d->name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            return;  /* vanished */
+        if (!S_ISDIR(st.st_mode)) {
+            *blocks += (unsigned long long)st.st_blocks;
+            return;
+        }
+    }
+    int sub = openat(fd, d->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub >= 0)
+        push(t, sub);
+    else if (errno != ENOENT && errno != ENOTDIR)
+        t->err = errno;
+}
+
+static int by_inode(const void *a, const void *b)
+{
+    unsigned long long x = (*(struct dent64 *const *)a)->ino, y = (*(struct dent64 *const *)b)->ino;
+    return x < y ? -1 : x > y;
+}
+
+/* -i: the whole directory read into one buffer, then visited in inode order if it is large enough. */
+static void visit_sorted(struct tree *t, int fd, unsigned __int128 *blocks)
+{
+    size_t len = 0, cap = 65536, n = 0;
+    char *all = malloc(cap);
+    long got;
+    for (;;) {
+        if (cap - len < 32768)
+            all = realloc(all, cap *= 2);
+        if ((got = syscall(SYS_getdents64, fd, all + len, cap - len)) <= 0)
+            break;
+        len += got;
+    }
+    struct dent64 **order = malloc((len / 24 + 1) * sizeof *order);  /* a record is at least 24 bytes */
+    for (size_t off = 0; off < len; n++) {
+        order[n] = (struct dent64 *)(all + off);
+        off += order[n]->reclen;
+    }
+    if (n >= (size_t)sort_min)
+        qsort(order, n, sizeof *order, by_inode);
+    for (size_t k = 0; k < n; k++)
+        visit(t, fd, order[k], blocks);
+    free(order);
+    free(all);
+}
+
 static void *tree_worker(void *arg)
 {
     struct tree *t = arg;
@@ -104,28 +163,12 @@ static void *tree_worker(void *arg)
         t->busy++;
         pthread_mutex_unlock(&t->m);
         long got;
-        while ((got = syscall(SYS_getdents64, fd, buf, sizeof buf)) > 0) {
-            for (long off = 0; off < got;) {
-                struct dent64 *d = (struct dent64 *)(buf + off);
-                off += d->reclen;
-                if (d->name[0] == '.' && (!d->name[1] || (d->name[1] == '.' && !d->name[2])))
-                    continue;
-                struct stat st;
-                if (d->type != DT_DIR) {
-                    if (fstatat(fd, d->name, &st, AT_SYMLINK_NOFOLLOW) != 0)
-                        continue;  /* vanished */
-                    if (!S_ISDIR(st.st_mode)) {
-                        blocks += (unsigned long long)st.st_blocks;
-                        continue;
-                    }
-                }
-                int sub = openat(fd, d->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-                if (sub >= 0)
-                    push(t, sub);
-                else if (errno != ENOENT && errno != ENOTDIR)
-                    t->err = errno;
-            }
-        }
+        if (sort_min > 0)
+            visit_sorted(t, fd, &blocks);
+        else
+            while ((got = syscall(SYS_getdents64, fd, buf, sizeof buf)) > 0)
+                for (long off = 0; off < got; off += ((struct dent64 *)(buf + off))->reclen)
+                    visit(t, fd, (struct dent64 *)(buf + off), &blocks);
         close(fd);
         pthread_mutex_lock(&t->m);
         t->busy--;
@@ -181,20 +224,22 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int threads = 1, opt;
-    while ((opt = getopt(argc, argv, "j:at:")) != -1) {
+    while ((opt = getopt(argc, argv, "j:at:i:")) != -1) {
         if (opt == 'j')
             threads = atoi(optarg);
         else if (opt == 'a')
             use_at = 1;
         else if (opt == 't')
             tree_threads = atoi(optarg);
+        else if (opt == 'i')
+            sort_min = atoi(optarg);
         else
             return 2;
     }
     paths = argv + optind;
     npaths = argc - optind;
-    if (threads < 1 || npaths < 1) {
-        fprintf(stderr, "usage: ftsdu [-j THREADS] [-a [-t TREE_THREADS]] PATH...\n");
+    if (threads < 1 || npaths < 1 || sort_min < 0) {
+        fprintf(stderr, "usage: ftsdu [-j THREADS] [-a [-t TREE_THREADS] [-i MIN]] PATH...\n");
         return 2;
     }
     pthread_t *t = calloc(threads, sizeof *t);
