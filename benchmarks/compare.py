@@ -103,6 +103,7 @@ def main(argv=None) -> int:
             "dir_size loop": lambda: timed(loop_dir_size),
             "dir_sizes, 1 worker": lambda: timed(lambda: sum(snapshot.dir_sizes(base, names, workers=1).values())),
             "dir_sizes, 2 workers": lambda: timed(lambda: sum(snapshot.dir_sizes(base, names, workers=2).values())),
+            "dir_sizes, defaults": lambda: timed(lambda: sum(snapshot.dir_sizes(base, names).values())),
             "pure-Python walker loop": lambda: timed(loop_py),
         }
         big = {
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
             "C fts, 1 thread": lambda: run_c(exe, [tree], 1),
             "GNU du -s -B1 -l": lambda: run_du([tree]),
             "dir_size": lambda: timed(lambda: snapshot.dir_size(tree_base, tree_name)),
-            "usage, workers=1": lambda: timed(lambda: snapshot.usage(tree).allocated),
+            "usage, workers=1": lambda: timed(lambda: snapshot.usage(tree, workers=1).allocated),
+            "usage, defaults": lambda: timed(lambda: snapshot.usage(tree).allocated),
             "usage, workers=2": lambda: timed(lambda: snapshot.usage(tree, workers=2).allocated),
             "pure-Python walker": lambda: timed(lambda: _pydu.dir_size(tree_base, tree_name)),
         }
@@ -193,6 +195,10 @@ def main(argv=None) -> int:
              our_tree_speedup / c_tree_speedup, ">= 0.90", lambda x: x >= 0.90),
             ("fleet: dir_sizes 2-worker speedup / C reference 2-thread speedup",
              our_fleet_speedup / c_fleet_speedup, ">= 0.90", lambda x: x >= 0.90),
+            (f"{tree}: usage with the defaults / C reference's best", med[("tree", "usage, defaults")]
+             / min(tc, med[("tree", "C reference (openat), 2 threads")]), "<= 1.10", lambda x: x <= 1.10),
+            ("fleet: dir_sizes with the defaults / C reference's best", med[("fleet", "dir_sizes, defaults")]
+             / min(c1, med[("fleet", "C reference (openat), 2 threads")]), "<= 1.15", lambda x: x <= 1.15),
             (f"RSS growth over {args.calls} dir_size calls (KiB)", rss1 - rss0, "<= 0", lambda x: x <= 0),
         ]
         for label, value, target, ok in goals:

@@ -27,6 +27,7 @@ seed's one call, DataRanges for data_ranges(), and the constants the pure-Python
 takes from the C headers.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.pythread cimport PyThread_get_thread_ident
 from libc.errno cimport (EAGAIN, EINTR, EINVAL, EISDIR, ELOOP, EMFILE, ENFILE, ENOENT, ENOMEM, ENOTDIR, ENOTTY,
                          ENXIO, EOPNOTSUPP, ESTALE)
 from libc.stdlib cimport calloc, free, malloc, realloc, strtoul, strtoull
@@ -80,6 +81,11 @@ CONSTANTS = {"F_SETLEASE": F_SETLEASE, "F_GETLEASE": F_GETLEASE, "F_SETSIG": F_S
              "FALLOC_FL_PUNCH_HOLE": FALLOC_FL_PUNCH_HOLE, "SIGURG": SIGURG, "PROC_SUPER_MAGIC": PROC_SUPER_MAGIC}
 
 cdef unsigned long _main_ident = threading.main_thread().ident
+
+
+cdef inline int _in_main_thread() noexcept:
+    """Whether this is Python's main thread, the one that runs signal handlers."""
+    return PyThread_get_thread_ident() == _main_ident
 
 
 def fs_type(int fd):
@@ -160,7 +166,8 @@ cdef const char *_c_path(object path) except NULL:
 # ---- one batch, start to end ------------------------------------------------------------------
 
 cdef int _batch_init(Batch *b, list paths, int flags, int workers, int blocks) except -1:
-    """Everything but the options: memory, locks, threads to start.  Raises MemoryError."""
+    """Everything but the options: memory, locks, threads to start.  Raises MemoryError.
+    One path, or one thread, needs no allocation (the seed's DirSize is one of each)."""
     cdef Py_ssize_t i
     _count_cpus()
     memset(b, 0, sizeof(Batch))
@@ -173,17 +180,22 @@ cdef int _batch_init(Batch *b, list paths, int flags, int workers, int blocks) e
     b.maxw = _cap if workers == 0 else max(1, min(workers, _cap))
     b.budget = fd_budget(b.maxw)
     b.stop_after = b.n
-    b.paths = <const char **>malloc(max(b.n, 1) * sizeof(char *))
-    b.walks = <Walk *>calloc(max(b.n, 1), sizeof(Walk))
-    b.workers = <Worker *>calloc(b.maxw, sizeof(Worker))
-    if b.paths == NULL or b.walks == NULL or b.workers == NULL or crew_init(&b.crew, b.maxw) != 0:
+    pthread_mutex_init(&b.lock, NULL)
+    pthread_mutex_init(&b.jobs_lock, NULL)
+    snap_cond_init(&b.more)
+    b.ready = 1
+    if b.n <= 1:
+        b.paths = &b.one_path
+        b.walks = &b.one_walk
+    else:
+        b.paths = <const char **>malloc(b.n * sizeof(char *))
+        b.walks = <Walk *>calloc(b.n, sizeof(Walk))
+    b.workers = &b.one_worker if b.maxw == 1 else <Worker *>calloc(b.maxw, sizeof(Worker))
+    if b.paths == NULL or b.walks == NULL or b.workers == NULL or (b.maxw > 1 and crew_init(&b.crew, b.maxw) != 0):
         _batch_free(b)
         raise MemoryError()
     for i in range(b.n):
         b.paths[i] = PyBytes_AS_STRING(paths[i])  # *paths* keeps them alive
-    pthread_mutex_init(&b.lock, NULL)
-    pthread_mutex_init(&b.jobs_lock, NULL)
-    snap_cond_init(&b.more)
     return 0
 
 
@@ -198,14 +210,19 @@ cdef void _batch_free(Batch *b) noexcept nogil:
         worker_free(&b.workers[k])
     if b.crew.threads != NULL:
         crew_free(&b.crew)
+    if b.ready:
         pthread_mutex_destroy(&b.lock)
         pthread_mutex_destroy(&b.jobs_lock)
         pthread_cond_destroy(&b.more)
+        b.ready = 0
     leases_free(&b.leases)
     free(b.jobs_seen.keys)
-    free(b.paths)
-    free(b.walks)
-    free(b.workers)
+    if b.paths != &b.one_path:
+        free(b.paths)
+    if b.walks != &b.one_walk:
+        free(b.walks)
+    if b.workers != &b.one_worker:
+        free(b.workers)
     free(b.exclude)
     b.paths = NULL
     b.walks = NULL
@@ -223,20 +240,23 @@ cdef void _run(Batch *b, int workers, int check_signals) noexcept nogil:
     me.check_signals = check_signals
     me.ready = 1
     b.nworkers = 1
-    b.last_grow = snap_now_ns() + GROW_AFTER_NS - GROW_EVERY_NS
-    me.grow_wall = snap_now_ns()
-    me.grow_cpu = snap_thread_cpu_ns()
-    pthread_mutex_lock(&b.crew.lock)
-    for k in range(1, workers if workers > 1 else 1):
-        b.thread_err = add_worker(b)
-        if b.thread_err:
-            cancel(b)
-            break
-    pthread_mutex_unlock(&b.crew.lock)
-    pthread_mutex_lock(&b.lock)
+    if b.auto_grow:
+        b.last_grow = snap_now_ns() + GROW_AFTER_NS - GROW_EVERY_NS
+        me.grow_wall = snap_now_ns()
+        me.grow_cpu = snap_thread_cpu_ns()
+    if workers > 1:
+        pthread_mutex_lock(&b.crew.lock)
+        for k in range(1, workers):
+            b.thread_err = add_worker(b)
+            if b.thread_err:
+                cancel(b)
+                break
+        pthread_mutex_unlock(&b.crew.lock)
     snap_set(&b.go)
-    pthread_cond_broadcast(&b.more)
-    pthread_mutex_unlock(&b.lock)
+    if workers > 1:
+        pthread_mutex_lock(&b.lock)
+        pthread_cond_broadcast(&b.more)
+        pthread_mutex_unlock(&b.lock)
     participate(me)
     pthread_mutex_lock(&b.lock)
     while b.running > 0:
@@ -322,7 +342,7 @@ def walk(list paths, int flags, int workers=0, *, int blocks=0, int block_size=4
     cdef Walk *w
     cdef RangeList every
     cdef Sum128 together
-    cdef int check = threading.get_ident() == _main_ident
+    cdef int check = _in_main_thread()
     for p in paths:
         _c_path(p)
     if workers < 0:
@@ -384,6 +404,10 @@ cdef inline bytes _fs_bytes(object p):
 
 def encode_path(base_dir, name):
     """_paths.encoded_path in C: the per-call cost of dir_size is mostly this."""
+    return _encode_path(base_dir, name)
+
+
+cdef bytes _encode_path(object base_dir, object name):
     cdef bytes n, b, out
     cdef const char *np
     cdef const char *bp
@@ -420,9 +444,9 @@ def encode_path(base_dir, name):
 
 def dir_size(base_dir, name):
     """Allocated bytes (st_blocks * 512) of the non-directories under base_dir/name."""
-    cdef bytes path = encode_path(base_dir, name)
+    cdef bytes path = _encode_path(base_dir, name)
     cdef Batch b
-    cdef int check = threading.get_ident() == _main_ident
+    cdef int check = _in_main_thread()
     _c_path(path)
     _batch_init(&b, [path], 0, 1, 0)
     try:
@@ -462,7 +486,7 @@ cdef class DataRanges:
         self.block = block
         memset(&self.b, 0, sizeof(Batch))
         worker_init(&self.me, &self.b, 0)
-        self.me.check_signals = threading.get_ident() == _main_ident
+        self.me.check_signals = _in_main_thread()
         if sys_fstatat(AT_FDCWD, c, &st, AT_SYMLINK_NOFOLLOW) != 0:
             raise Failure(FAILED, snap_errno(), path, 0)
         if (st.st_mode & S_IFMT) != S_IFREG:

@@ -283,6 +283,12 @@ cdef struct Batch:
     int cpus
     int64_t last_grow
 
+    # a call of one path on one thread (the seed's DirSize) allocates none of these
+    int ready             # the locks above are initialised
+    const char *one_path
+    Walk one_walk
+    Worker one_worker
+
 cdef struct ProgressCounters:
     int64_t bytes_read    # allocated bytes the file jobs read
     int64_t bytes_punched
