@@ -125,7 +125,7 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
 
 _SLOW_REPORT = """
 import os, signal, sys, threading, time
-from snapshot import _report, cli
+from snapshot import _report, _size, cli
 real = _report.snapshot_walks
 sent = []
 
@@ -133,10 +133,10 @@ def interrupt():
     sent.append(time.monotonic())
     os.kill(os.getpid(), signal.SIGINT)
 
-def slow(base, names, **kw):
+def slow(base, names=None, **kw):
     # Ctrl-C 0.2 s into a batch of walks that takes seconds: it lands inside the compiled walk.
     threading.Timer(0.2, interrupt).start()
-    return real(base, names * 300, **kw)
+    return real(base, (names or _size.snapshot_names(base)) * 300, **kw)
 
 _report.snapshot_walks = slow
 rc = cli.main(sys.argv[2:])

@@ -69,6 +69,10 @@ class CountingWalker:
         self.batches += 1
         return self.impl.walk(*args, **kwargs)
 
+    def walk_dirs(self, *args, **kwargs):
+        self.batches += 1
+        return self.impl.walk_dirs(*args, **kwargs)
+
     def __getattr__(self, name):
         return getattr(self.impl, name)
 

@@ -223,7 +223,7 @@ def test_thread_counts_are_capped(tmp_path):
     for n in names:
         (base / n).mkdir(parents=True)
     cap = snapshot._size._impl.thread_cap()
-    assert 1 <= cap <= 4 * len(os.sched_getaffinity(0))
+    assert 1 <= cap <= 8 * len(os.sched_getaffinity(0))
     peak, stop = [0], threading.Event()
 
     def sample():

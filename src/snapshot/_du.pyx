@@ -31,7 +31,7 @@ from cpython.pythread cimport PyThread_get_thread_ident
 from libc.errno cimport (EAGAIN, EINTR, EINVAL, EISDIR, ELOOP, EMFILE, ENFILE, ENOENT, ENOMEM, ENOTDIR, ENOTTY,
                          ENXIO, EOPNOTSUPP, ESTALE)
 from libc.stdlib cimport calloc, free, malloc, realloc, strtoul, strtoull
-from libc.string cimport memchr, memcmp, memcpy, memset, strcmp, strdup, strlen, strndup, strrchr, strstr
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strcmp, strdup, strlen, strndup, strrchr, strstr
 from posix.stat cimport S_IFDIR, S_IFLNK, S_IFMT, S_IFREG
 
 import os
@@ -70,7 +70,7 @@ for _magic in sorted(_codes.UNSAFE_FILESYSTEMS)[:16]:
     N_UNSAFE += 1
 
 # Threads: at most this many per CPU the process may use, and never more than MAX_THREADS.
-THREADS_PER_CPU = 4
+THREADS_PER_CPU = 8  # cold caches: 16 threads read the fleet faster than 8 here (benchmarks/cold.py)
 MAX_THREADS = 256
 
 # What the pure-Python twin (_pydu, _pyblocks) takes from here: right on every architecture.
@@ -180,6 +180,7 @@ cdef int _batch_init(Batch *b, list paths, int flags, int workers, int blocks) e
     b.maxw = _cap if workers == 0 else max(1, min(workers, _cap))
     b.budget = fd_budget(b.maxw)
     b.stop_after = b.n
+    b.base_fd = AT_FDCWD
     pthread_mutex_init(&b.lock, NULL)
     pthread_mutex_init(&b.jobs_lock, NULL)
     snap_cond_init(&b.more)
@@ -326,7 +327,7 @@ cdef object _walked(Walk *w, int flags):
 
 
 def walk(list paths, int flags, int workers=0, *, int blocks=0, int block_size=4096, bint force=False,
-         long long max_depth=-1, exclude=(), Progress progress=None, bint stop_on_error=False):
+         long long max_depth=-1, exclude=(), Progress progress=None, bint stop_on_error=False, bytes base=None):
     """Walk each path (bytes); returns ([Walked per path], shared_physical of all the walks).
 
     *flags* are _codes' walk options.  *workers*: threads, 0 meaning as many as help (the
@@ -335,16 +336,65 @@ def walk(list paths, int flags, int workers=0, *, int blocks=0, int block_size=4
     *block_size*, PUNCH or DRY_RUN; *force* punches where no lease can check).  RECORDS:
     Walked.records down to *max_depth*.  *exclude*: du's --exclude patterns (bytes).
     *progress*: counters the file jobs add to.  With *stop_on_error*, the paths after the
-    first one whose walk failed are left out (None), as a loop would leave them.
+    first one whose walk failed are left out (None), as a loop would leave them.  With
+    *base* (the fleet), *paths* are names in that directory, each opened relative to its
+    descriptor (one path component, not the whole path again); messages say base/name.
     KeyboardInterrupt stops every thread; it propagates before any result is built."""
+    cdef int base_fd = AT_FDCWD, base_err = 0
+    for p in paths:
+        _c_path(p)
+    if base is not None and paths:
+        base_fd = c_open(_c_path(base), O_RDONLY | O_DIRECTORY | O_CLOEXEC)  # as base/name would: links followed
+        if base_fd < 0:
+            base_err = snap_errno()
+            base_fd = AT_FDCWD
+    try:
+        return _walk_batch(paths, flags, workers, blocks, block_size, force, max_depth, exclude, progress,
+                           stop_on_error, base, base_fd, base_err)
+    finally:
+        if base_fd >= 0:
+            close(base_fd)
+
+
+def walk_dirs(bytes base, int flags, int workers=0, **options):
+    """Every directory directly in *base* (symlinks not followed), walked as walk() walks
+    names in a base: (names (bytes, in directory order), [Walked per name], shared_physical).
+    *base* is opened once, for its listing and for each walk.  OSError if it cannot be read."""
+    cdef int fd, err
+    cdef NameList listed
+    cdef const char *c = _c_path(base)
+    memset(&listed, 0, sizeof(NameList))
+    with nogil:
+        fd = c_open(c, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        err = list_subdirs(fd, &listed) if fd >= 0 else snap_errno()
+    try:
+        if err:
+            if err == ENOMEM:
+                raise MemoryError()
+            from snapshot._errors import os_error
+            raise os_error(err, base)
+        names = [PyBytes_FromStringAndSize(listed.buf + listed.offs[i], listed.lens[i]) for i in range(listed.n)]
+        results, physical = _walk_batch(names, flags, workers, options.get("blocks", 0),
+                                        options.get("block_size", 4096), options.get("force", False), -1, (),
+                                        options.get("progress"), False, base, fd, 0)
+        return names, results, physical
+    finally:
+        free(listed.buf)
+        free(listed.offs)
+        free(listed.lens)
+        if fd >= 0:
+            close(fd)
+
+
+cdef object _walk_batch(list paths, int flags, int workers, int blocks, int block_size, bint force,
+                        long long max_depth, exclude, Progress progress, bint stop_on_error, bytes base,
+                        int base_fd, int base_err):
     cdef Batch b
     cdef Py_ssize_t i
     cdef Walk *w
     cdef RangeList every
     cdef Sum128 together
     cdef int check = _in_main_thread()
-    for p in paths:
-        _c_path(p)
     if workers < 0:
         raise ValueError("workers must be at least 0")
     if block_size < 512 or block_size > CHUNK_BYTES or block_size & (block_size - 1):
@@ -367,6 +417,10 @@ def walk(list paths, int flags, int workers=0, *, int blocks=0, int block_size=4
             for i in range(len(exclude)):
                 b.exclude[i] = _c_path(exclude[i])
             b.nexclude = len(exclude)
+        if base is not None:
+            b.base = _c_path(base)
+            b.base_fd = base_fd  # the caller's: it closes it
+            b.base_err = base_err
         if flags & (F_SHARED | F_SNAPSHOT) or blocks:
             if leases_read(&b.leases) != 0:
                 raise MemoryError()
@@ -389,7 +443,7 @@ def walk(list paths, int flags, int workers=0, *, int blocks=0, int block_size=4
         return out, sum_to_int(together, 1)
     finally:
         free(every.items)
-        _batch_free(&b)
+        _batch_free(&b)  # b.base_fd is the caller's to close
 
 
 # ---- the seed's DirSize: one path, the calling thread alone ---------------------------------
@@ -407,27 +461,35 @@ def encode_path(base_dir, name):
     return _encode_path(base_dir, name)
 
 
-cdef bytes _encode_path(object base_dir, object name):
-    cdef bytes n, b, out
+def encode_name(name):
+    """_paths.name_bytes in C: a snapshot name as the bytes the filesystem sees."""
+    return _encode_name(name)
+
+
+cdef bytes _encode_name(object name):
+    cdef bytes n
     cdef const char *np
-    cdef const char *bp
-    cdef Py_ssize_t nl, bl
-    cdef int sep
+    cdef Py_ssize_t nl
     if type(name) is not str:
-        n = name_bytes(name)  # the one check, on the exact bytes of a subclass; raises TypeError for non-str
-    else:
-        try:
-            n = PyUnicode_EncodeFSDefault(name)
-        except UnicodeEncodeError:
-            n = name_bytes(name)  # raises ValueError with the message
-        np = PyBytes_AS_STRING(n)
-        nl = PyBytes_GET_SIZE(n)
-        # _paths.name_bytes's rule, on the same bytes; name_bytes raises with the message.
-        if (nl == 0 or (np[0] == b'.' and (nl == 1 or (nl == 2 and np[1] == b'.')))
-                or memchr(np, b'/', nl) != NULL or memchr(np, 0, nl) != NULL):
-            name_bytes(name)
+        return name_bytes(name)  # the one check, on the exact bytes of a subclass; raises TypeError for non-str
+    try:
+        n = PyUnicode_EncodeFSDefault(name)
+    except UnicodeEncodeError:
+        return name_bytes(name)  # raises ValueError with the message
     np = PyBytes_AS_STRING(n)
     nl = PyBytes_GET_SIZE(n)
+    # _paths.name_bytes's rule, on the same bytes; name_bytes raises with the message.
+    if (nl == 0 or (np[0] == b'.' and (nl == 1 or (nl == 2 and np[1] == b'.')))
+            or memchr(np, b'/', nl) != NULL or memchr(np, 0, nl) != NULL):
+        name_bytes(name)
+    return n
+
+
+cdef bytes _encode_path(object base_dir, object name):
+    cdef bytes n = _encode_name(name), b, out
+    cdef const char *bp
+    cdef Py_ssize_t nl = PyBytes_GET_SIZE(n), bl
+    cdef int sep
     b = _fs_bytes(base_dir)
     bp = PyBytes_AS_STRING(b)
     bl = PyBytes_GET_SIZE(b)
@@ -438,8 +500,104 @@ cdef bytes _encode_path(object base_dir, object name):
     memcpy(PyBytes_AS_STRING(out), bp, bl)
     if sep:
         PyBytes_AS_STRING(out)[bl] = b'/'
-    memcpy(PyBytes_AS_STRING(out) + bl + sep, np, nl)
+    memcpy(PyBytes_AS_STRING(out) + bl + sep, PyBytes_AS_STRING(n), nl)
     return out
+
+
+def subdirs(bytes base):
+    """(names, errno): the names (bytes, in directory order) of the directories directly in
+    *base*, symlinks not followed; errno 0, or why *base* could not be read."""
+    cdef const char *c = _c_path(base)
+    cdef NameList out
+    cdef int err, fd
+    memset(&out, 0, sizeof(NameList))
+    with nogil:
+        fd = c_open(c, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        err = list_subdirs(fd, &out) if fd >= 0 else snap_errno()
+        if fd >= 0:
+            close(fd)
+    try:
+        if err == ENOMEM:
+            raise MemoryError()
+        return [PyBytes_FromStringAndSize(out.buf + out.offs[i], out.lens[i]) for i in range(out.n)], err
+    finally:
+        free(out.buf)
+        free(out.offs)
+        free(out.lens)
+
+
+cdef struct NameList:
+    char *buf
+    size_t used
+    size_t cap
+    size_t *offs
+    size_t *lens
+    size_t n
+    size_t capn
+
+
+cdef int names_add(NameList *l, const char *name) noexcept nogil:
+    cdef size_t nl = strlen(name)
+    cdef char *grown
+    cdef size_t *g1
+    cdef size_t *g2
+    if l.used + nl > l.cap:
+        grown = <char *>realloc(l.buf, l.cap * 2 + nl + 4096)
+        if grown == NULL:
+            return ENOMEM
+        l.buf = grown
+        l.cap = l.cap * 2 + nl + 4096
+    if l.n == l.capn:
+        g1 = <size_t *>realloc(l.offs, (l.capn * 2 + 256) * sizeof(size_t))
+        if g1 == NULL:
+            return ENOMEM
+        l.offs = g1
+        g2 = <size_t *>realloc(l.lens, (l.capn * 2 + 256) * sizeof(size_t))
+        if g2 == NULL:
+            return ENOMEM
+        l.lens = g2
+        l.capn = l.capn * 2 + 256
+    memcpy(l.buf + l.used, name, nl)
+    l.offs[l.n] = l.used
+    l.lens[l.n] = nl
+    l.used += nl
+    l.n += 1
+    return 0
+
+
+cdef int list_subdirs(int fd, NameList *out) noexcept nogil:
+    """The directories in the open directory *fd* (d_type, else fstatat without following a
+    link): 0, or an errno.  *fd* stays open."""
+    cdef char *buf
+    cdef long got, off
+    cdef const char *ent
+    cdef const char *name
+    cdef unsigned char t
+    cdef struct_stat st
+    cdef int e = 0
+    buf = <char *>malloc(DENTS_BYTES)
+    if buf == NULL:
+        return ENOMEM
+    while e == 0:
+        got = sys_getdents(fd, buf, DENTS_BYTES)
+        if got <= 0:
+            if got < 0:
+                e = snap_errno()
+            break
+        off = 0
+        while off < got and e == 0:
+            ent = buf + off
+            off += snap_reclen(ent)
+            name = snap_name(ent)
+            t = snap_type(ent)
+            if snap_dot_or_dotdot(name) or (t != DT_DIR and t != DT_UNKNOWN):
+                continue
+            if t == DT_UNKNOWN and (sys_fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0
+                                    or (st.st_mode & S_IFMT) != S_IFDIR):
+                continue  # gone, or not a directory
+            e = names_add(out, name)
+    free(buf)
+    return e
 
 
 def dir_size(base_dir, name):

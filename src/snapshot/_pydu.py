@@ -27,6 +27,7 @@ from ._dirfds import CHANGED, DIR_FLAGS, DirFds, DirNode, fd_budget
 from ._meta import read_raw
 from ._paths import CH_MEM_RANGES_FILE, ROOTFS_COW_NAME, ROOTFS_FILE_NAME, ROOTFS_META_NAME
 from ._paths import encoded_path as encode_path  # noqa: F401  (the twins' common interface)
+from ._paths import name_bytes as encode_name  # noqa: F401
 from ._walked import Walked
 
 _FM_HEADER = struct.Struct("=QQIIII")  # fm_start, fm_length, fm_flags, fm_mapped_extents, fm_extent_count, reserved
@@ -191,10 +192,13 @@ class _Excluder:
 
 
 class _Walk:
-    """One path's walk: its sums, and what it met."""
+    """One path's walk: its sums, and what it met.  *name* is what is opened, relative to
+    *dir_fd* (the batch's base directory) or, with dir_fd None, the path itself."""
 
-    def __init__(self, path: bytes, batch: _Batch) -> None:
+    def __init__(self, path: bytes, batch: _Batch, name: bytes = None, dir_fd=None) -> None:
         self.path = path
+        self.name = path if name is None else name
+        self.dir_fd = dir_fd
         self.b = batch
         self.flags = batch.flags
         self.sums = dict.fromkeys(("blocks", "apparent", "files", "dirs", "shared", "unmapped", "data", "zero",
@@ -346,7 +350,7 @@ class _Walk:
         self.tree = tree = DirFds(path, -1, fd_budget(1))
         try:
             try:
-                tree.root.fd = root_fd = os.open(path, DIR_FLAGS)
+                tree.root.fd = root_fd = os.open(self.name, DIR_FLAGS, dir_fd=self.dir_fd)
             except OSError as e:
                 if e.errno != errno.ENOTDIR:  # not a symlink or a file: counted as itself
                     raise _Stop(e.errno or errno.EIO, path) from None
@@ -369,12 +373,12 @@ class _Walk:
 
     def _root_file(self, path: bytes) -> None:
         try:
-            st = os.lstat(path)
+            st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):  # a directory again: it changed under us
                 raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         except OSError as e:
             raise _Stop(e.errno or errno.EIO, path) from None
-        self.count(None, path, st, None, 0)
+        self.count(self.dir_fd, self.name, st, None, 0)
 
     def _open(self, node: DirNode) -> bool:
         """Open node from its parent; False if it is gone (or could not be read, KEEP_GOING)."""
@@ -450,11 +454,13 @@ class _Walk:
 
 
 def walk(paths: list, flags: int, workers: int = 0, *, blocks: int = NO_BLOCKS, block_size: int = 4096,
-         force: bool = False, max_depth: int = -1, exclude=(), progress=None, stop_on_error: bool = False) -> tuple:
+         force: bool = False, max_depth: int = -1, exclude=(), progress=None, stop_on_error: bool = False,
+         base: bytes = None, _base_fd=None) -> tuple:
     """Walk each path (bytes); returns ([Walked per path], shared_physical of all the walks).
 
     *workers* (0: as many as help) is only checked: Python holds the GIL.  With
     *stop_on_error*, the paths after the first one whose walk failed are left out (None).
+    With *base*, *paths* are names in that directory, opened relative to its descriptor.
     See _du.walk for the options."""
     if workers < 0:
         raise ValueError("workers must be at least 0")
@@ -462,14 +468,57 @@ def walk(paths: list, flags: int, workers: int = 0, *, blocks: int = NO_BLOCKS, 
         raise ValueError("block_size must be a power of two from 512 to 1 MiB")
     batch = _Batch(flags, blocks, block_size, force, max_depth, exclude, progress)
     no_proc = (flags & SHARED_EXTENTS or blocks != NO_BLOCKS) and not proc_mounted()
-    out: list = []
-    for p in paths:
-        if stop_on_error and out and (out[-1] is None or out[-1].error is not None):
-            out.append(None)  # a loop of walks would have stopped at the failure
-            continue
-        w = _Walk(p, batch)
-        out.append(w.result((NO_PROC, b"/proc")) if no_proc else w.run())
-    return out, _union(batch.ranges) if flags & SHARED_EXTENTS else 0
+    base_fd, base_err = _base_fd, 0
+    if base is not None and paths and _base_fd is None:
+        try:
+            base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # as base/name: links followed
+        except OSError as e:
+            base_err = e.errno or errno.EIO
+    try:
+        out: list = []
+        for p in paths:
+            if stop_on_error and out and (out[-1] is None or out[-1].error is not None):
+                out.append(None)  # a loop of walks would have stopped at the failure
+                continue
+            path = p if base is None else os.path.join(base, p)
+            w = _Walk(path, batch, p, base_fd)
+            if base_err or no_proc:
+                out.append(w.result((base_err, path) if base_err else (NO_PROC, b"/proc")))
+            else:
+                out.append(w.run())
+        return out, _union(batch.ranges) if flags & SHARED_EXTENTS else 0
+    finally:
+        if base_fd is not None and _base_fd is None:
+            os.close(base_fd)
+
+
+def walk_dirs(base: bytes, flags: int, workers: int = 0, **options) -> tuple:
+    """Every directory directly in *base*, walked: (names, [Walked per name], shared_physical),
+    *base* opened once (the same contract as _du.walk_dirs)."""
+    from ._errors import os_error
+    try:
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise os_error(e.errno or errno.EIO, base) from None
+    try:
+        try:
+            with os.scandir(fd) as it:
+                names = [os.fsencode(e.name) for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError as e:
+            raise os_error(e.errno or errno.EIO, base) from None
+        results, physical = walk(names, flags, workers, base=base, _base_fd=fd, **options)
+        return names, results, physical
+    finally:
+        os.close(fd)
+
+
+def subdirs(base: bytes) -> tuple:
+    """(names, errno): the directories directly in *base* (bytes), symlinks not followed."""
+    try:
+        with os.scandir(base) as it:
+            return [os.fsencode(e.name) for e in it if e.is_dir(follow_symlinks=False)], 0
+    except OSError as e:
+        return [], e.errno or errno.EIO
 
 
 def dir_size(base_dir, name) -> int:

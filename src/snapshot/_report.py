@@ -16,7 +16,7 @@ import time
 
 from ._errors import MetaError, file_error, walk_error
 from ._paths import CH_MEM_RANGES_FILE, ROOTFS_COW_NAME, ROOTFS_FILE_NAME, ROOTFS_META_NAME
-from ._size import snapshot_names, snapshot_walks, to_usage
+from ._size import snapshot_walks, to_usage
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
@@ -214,10 +214,8 @@ def build(base: StrPath, *, workers: Optional[int] = None, shared: bool = False,
     from ._meta import decode_fields, refusal  # only here: snapshot-du PATH... starts faster without re
     start = time.monotonic()
     report = Report(os.fsdecode(base), shared)
-    names = snapshot_names(base)
-    results, physical = snapshot_walks(base, names, workers=workers, shared_extents=shared,
-                                       count_links=count_links, one_file_system=one_file_system, zero=zero,
-                                       progress=progress)
+    names, results, physical = snapshot_walks(base, workers=workers, shared_extents=shared, count_links=count_links,
+                                              one_file_system=one_file_system, zero=zero, progress=progress)
     if shared:
         report.shared_physical = physical
     report.zero = zero

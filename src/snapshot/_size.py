@@ -10,7 +10,7 @@ import os
 import sys
 
 from ._codes import NO_BLOCKS, ONE_FILE_SYSTEM, SCAN, SHARED_EXTENTS, SNAPSHOT_FILES, UNIQUE_INODES
-from ._errors import as_given, walk_error
+from ._errors import as_given, os_error, walk_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time; annotations stay strings (PEP 563)
@@ -89,8 +89,14 @@ def usage(path: Union[StrPath, bytes], *, workers: Optional[int] = None, count_l
 def snapshot_names(base_dir: StrPath) -> List[str]:
     """Every directory directly in *base_dir* (symlinks not followed), sorted; names are str
     (undecodable bytes as surrogates, os.fsdecode), whatever the type of *base_dir*."""
-    with os.scandir(os.fspath(base_dir)) as it:
-        return sorted(os.fsdecode(e.name) for e in it if e.is_dir(follow_symlinks=False))
+    return sorted(map(os.fsdecode, _listed(base_dir)))
+
+
+def _listed(base_dir) -> list:
+    names, err = _impl.subdirs(os.fsencode(base_dir))
+    if err:
+        raise as_given(os_error(err, os.fsencode(base_dir)), base_dir)
+    return names
 
 
 def _workers(workers: Optional[int]) -> int:
@@ -113,31 +119,47 @@ def _name_list(names) -> list:
     return list(names)
 
 
-def _encode_all(base_dir, names: list) -> tuple:
-    """(paths, error): the encoded path of each name up to the first bad one, and that
-    name's ValueError or TypeError (None if all are good).  A loop of dir_size would
-    walk the names before the bad one, and so do the batches."""
-    paths = []
+def _encode_all(names: list) -> tuple:
+    """(encoded, error): each name as the bytes the filesystem sees, up to the first bad
+    one, and that name's ValueError or TypeError (None if all are good).  A loop of
+    dir_size would walk the names before the bad one, and so do the batches."""
+    encoded = []
     for n in names:
         try:
-            paths.append(_impl.encode_path(base_dir, n))
+            encoded.append(_impl.encode_name(n))
         except (TypeError, ValueError) as e:
-            return paths, e
-    return paths, None
+            return encoded, e
+    return encoded, None
 
 
-def snapshot_walks(base_dir: StrPath, names: List[str], *, workers: Optional[int] = None,
+def snapshot_walks(base_dir: StrPath, names: Optional[List[str]] = None, *, workers: Optional[int] = None,
                    count_links: bool = True, one_file_system: bool = False, shared_extents: bool = False,
                    zero: bool = False, progress=None) -> tuple:
     """The fleet report's walk (see _report): every snapshot, with what the walk saw of its
     files (Walked.named, .meta) and, with *zero*, the zero bytes of its files (a SCAN job).
-    Returns ([per name: its Walked, or the ValueError of a name that is not one path
+    *names* defaults to every directory in *base_dir* (listed and walked in one go).
+    Returns (names, [per name: its Walked, or the ValueError of a name that is not one path
     component, as dir_sizes(errors="return") gives it: no name is dropped], shared_physical
     of them all)."""
-    paths, results = _encode_each(base_dir, names)
-    walked, physical = walk_paths(paths, flags(count_links, one_file_system, shared_extents) | SNAPSHOT_FILES,
-                                  workers, blocks=SCAN if zero else NO_BLOCKS, progress=progress)
-    return _fill(results, walked), physical
+    f = flags(count_links, one_file_system, shared_extents) | SNAPSHOT_FILES
+    options = {"blocks": SCAN if zero else NO_BLOCKS, "progress": progress}
+    if names is None:
+        return _walk_base(base_dir, f, workers, **options)
+    encoded, results = _encode_each(names)
+    walked, physical = walk_paths(encoded, f, workers, base=os.fsencode(base_dir), **options)
+    return names, _fill(results, walked), physical
+
+
+def _walk_base(base_dir, f: int, workers: Optional[int], **options) -> tuple:
+    """Every directory in *base_dir*, walked: (names sorted, their Walked, shared_physical).
+    The base is opened once: for its listing and for each walk."""
+    try:
+        listed, walked, physical = _impl.walk_dirs(os.fsencode(base_dir), f, _workers(workers), **options)
+    except OSError as e:
+        raise as_given(e, base_dir) from None
+    names = [os.fsdecode(n) for n in listed]
+    order = sorted(range(len(names)), key=names.__getitem__)
+    return [names[i] for i in order], [walked[i] for i in order], physical
 
 
 def dir_sizes(base_dir: StrPath, names: Optional[Iterable[str]] = None, *,
@@ -156,15 +178,22 @@ def dir_sizes(base_dir: StrPath, names: Optional[Iterable[str]] = None, *,
     Any other *errors* is a ValueError."""
     if not isinstance(errors, str) or errors not in ("raise", "return"):
         raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-    names = snapshot_names(base_dir) if names is None else _name_list(names)
-    if errors == "return":
-        return dict(zip(names, sizes_or_errors(base_dir, names, workers=workers)))
-    paths, bad = _encode_all(base_dir, names)
-    results = walk_paths(paths, 0, workers, stop_on_error=True)[0]
+    if names is None:  # listed and walked in one go: every name is walked, raised in order
+        names, results, _ = _walk_base(base_dir, 0, workers)
+        bad = None
+    else:
+        names = _name_list(names)
+        if errors == "return":
+            return dict(zip(names, sizes_or_errors(base_dir, names, workers=workers)))
+        encoded, bad = _encode_all(names)
+        results = walk_paths(encoded, 0, workers, stop_on_error=True, base=os.fsencode(base_dir))[0]
     out = {}
     for name, r in zip(names, results):
         assert r is not None  # names are left unwalked (None) only after a failed one
         if r.error is not None:
+            if errors == "return":
+                out[name] = as_given(walk_error(*r.error), base_dir)
+                continue
             raise as_given(walk_error(*r.error), base_dir)
         out[name] = r.allocated
     if bad is not None:
@@ -172,19 +201,19 @@ def dir_sizes(base_dir: StrPath, names: Optional[Iterable[str]] = None, *,
     return out
 
 
-def _encode_each(base_dir, names: list) -> tuple:
-    """(paths, results): the encoded path of every good name, and a list with, for
-    each name, its ValueError if it is not one path component, else None (its
+def _encode_each(names: list) -> tuple:
+    """(encoded, results): every good name as the bytes the filesystem sees, and a list
+    with, for each name, its ValueError if it is not one path component, else None (its
     walk's result goes there).  TypeError for a name that is not a str."""
-    paths: list = []
+    encoded: list = []
     results: list = []
     for n in names:
         try:
-            paths.append(_impl.encode_path(base_dir, n))
+            encoded.append(_impl.encode_name(n))
             results.append(None)
         except ValueError as e:
             results.append(e)
-    return paths, results
+    return encoded, results
 
 
 def _fill(results: list, walked) -> list:
@@ -196,7 +225,7 @@ def _fill(results: list, walked) -> list:
 def sizes_or_errors(base_dir: StrPath, names: List[str], *, workers: Optional[int] = None) -> list:
     """dir_sizes(errors="return")'s values, in the order of *names*: each the
     allocated bytes, or the exception that name met (see dir_sizes)."""
-    paths, results = _encode_each(base_dir, names)
-    walked = walk_paths(paths, 0, workers)[0]
+    encoded, results = _encode_each(names)
+    walked = walk_paths(encoded, 0, workers, base=os.fsencode(base_dir))[0]
     return _fill(results, [r.allocated if r.error is None else as_given(walk_error(*r.error), base_dir)
                            for r in walked])

@@ -178,7 +178,9 @@ cdef struct Batch
 
 cdef struct Walk:
     Batch *b
-    const char *path      # kept alive by the caller's list
+    const char *path      # the path, for messages (the caller's, or base/name, own_path)
+    const char *name      # what is opened: the path, or a name in the batch's base directory
+    char *own_path        # base/name, malloc'd
     Py_ssize_t index
     DirCache dc           # dc.lock is the walk's lock: it guards everything below but the atomics
     int started
@@ -213,6 +215,14 @@ cdef struct Stack:        # a thread's work: it pops from the top, others steal 
     size_t n
     size_t cap
 
+cdef enum:
+    META_AHEAD = 8  # rootfs.meta files a thread keeps open, their reads started (_files.pxi)
+
+cdef struct PendingMeta:
+    Walk *w
+    int fd
+    struct_stat st
+
 cdef struct Worker:
     Batch *b
     int id
@@ -237,9 +247,14 @@ cdef struct Worker:
     size_t dirlen
     int64_t grow_wall     # when this thread last sampled its CPU time (maybe_grow)
     int64_t grow_cpu
+    PendingMeta pending[META_AHEAD]  # rootfs.meta files whose reads were started (_files.pxi)
+    int npending
 
 cdef struct Batch:
-    const char **paths    # kept alive by the caller's list
+    const char **paths    # kept alive by the caller's list: paths, or names in the base directory
+    int base_fd           # the base directory the names are in (snapshot names), or AT_FDCWD
+    int base_err          # why the base directory could not be opened (each name fails with it)
+    const char *base
     Walk *walks
     Py_ssize_t n
     long next_root        # atomic: the next path to start
@@ -611,6 +626,9 @@ cdef void participate(Worker *me) noexcept nogil:
         return
     while not snap_get(&b.cancel):
         got = take(me, &it)
+        if got == 0 and me.npending:
+            meta_read_pending(me, me.npending)  # nothing else to do: read what was started
+            continue
         if got == 1:
             run_item(me, &it)
         if got:
@@ -619,6 +637,7 @@ cdef void participate(Worker *me) noexcept nogil:
             break
         if b.auto_grow:
             maybe_grow(me)
+    meta_read_pending(me, me.npending)
 
 
 cdef void run_item(Worker *me, Item *it) noexcept nogil:
@@ -662,7 +681,12 @@ cdef int start_root(Worker *me, Item *it) noexcept nogil:
         finish_item(b)
         return 0
     w = &b.walks[i]
-    walk_init(w, b, i)
+    if walk_init(w, b, i) != 0:
+        root_failed(w, ENOMEM)
+        return 2
+    if b.base_err:
+        root_failed(w, b.base_err)
+        return 2
     if b.no_proc:
         w.err = NO_PROC
         w.err_path = strdup(w.path)
@@ -671,7 +695,7 @@ cdef int start_root(Worker *me, Item *it) noexcept nogil:
     if b.nexclude and excluded(b, w.path, strlen(w.path)):
         w.finished = 1  # du: an excluded argument is not counted at all
         return 2
-    fd = c_open(w.path, DIR_FLAGS)
+    fd = sys_openat(b.base_fd, w.name, DIR_FLAGS)
     if fd < 0:
         e = snap_errno()
         if e != ENOTDIR:  # a symlink (O_NOFOLLOW) or a file: counted as itself
@@ -701,15 +725,31 @@ cdef int start_root(Worker *me, Item *it) noexcept nogil:
     return 1
 
 
-cdef void walk_init(Walk *w, Batch *b, Py_ssize_t index) noexcept nogil:
+cdef int walk_init(Walk *w, Batch *b, Py_ssize_t index) noexcept nogil:
+    """0, or ENOMEM (its path for messages, base/name, could not be made)."""
+    cdef size_t bl, nl
     memset(w, 0, sizeof(Walk))
     w.b = b
     w.index = index
-    w.path = b.paths[index]
+    w.name = w.path = b.paths[index]
     w.started = 1
     w.dc.budget = b.budget
     pthread_mutex_init(&w.dc.lock, NULL)
     w.named[0] = w.named[1] = w.named[2] = -1
+    if b.base == NULL:
+        return 0
+    bl = strlen(b.base)
+    nl = strlen(w.name)
+    w.own_path = <char *>malloc(bl + nl + 2)
+    if w.own_path == NULL:
+        return ENOMEM
+    memcpy(w.own_path, b.base, bl)
+    if bl and b.base[bl - 1] != b'/':
+        w.own_path[bl] = b'/'
+        bl += 1
+    memcpy(w.own_path + bl, w.name, nl + 1)
+    w.path = w.own_path
+    return 0
 
 
 cdef void root_failed(Walk *w, int err) noexcept nogil:
@@ -723,7 +763,7 @@ cdef void root_file(Worker *me, Walk *w) noexcept nogil:
     """The path is not a directory: counted as itself (and its file job done, if asked)."""
     cdef struct_stat st
     cdef int e
-    if sys_fstatat(AT_FDCWD, w.path, &st, AT_SYMLINK_NOFOLLOW) != 0:
+    if sys_fstatat(w.b.base_fd, w.name, &st, AT_SYMLINK_NOFOLLOW) != 0:
         root_failed(w, snap_errno())
         return
     if (st.st_mode & S_IFMT) == S_IFDIR:  # a directory again: it changed under us
@@ -731,7 +771,7 @@ cdef void root_file(Worker *me, Walk *w) noexcept nogil:
         return
     totals_zero(&me.t)
     me.ranges.n = 0
-    e = count_entry(me, w, NULL, AT_FDCWD, w.path, 0, &st)
+    e = count_entry(me, w, NULL, w.b.base_fd, w.name, 0, &st)
     flush(me, w, NULL, e)
     w.finished = 1
     walk_finish(w)
@@ -754,6 +794,8 @@ cdef void walk_free(Walk *w) noexcept nogil:
     recs_free(&w.recs)
     free(w.meta_buf)
     free(w.ranges.items)
+    free(w.own_path)
+    w.own_path = NULL
     w.dc.idle = NULL
     w.inodes.keys = NULL
     w.err_path = NULL
@@ -904,7 +946,7 @@ cdef int read_dir(Worker *me, Node *n) noexcept nogil:
             listed_meta = snapshot_files and dtype == DT_REG and strcmp(name, META_NAME) == 0 \
                 and not lease_maybe(b, snap_ino(ent))
             if listed_meta:
-                e = open_listed_meta(w, n.fd, name, &st)
+                e = open_listed_meta(me, w, n.fd, name, &st)
                 if e == VANISHED:
                     e = 0
                     continue
@@ -924,7 +966,7 @@ cdef int read_dir(Worker *me, Node *n) noexcept nogil:
                     e = 0
                     continue
                 if snapshot_files:
-                    e = snapshot_file(w, n.fd, name, &st)
+                    e = snapshot_file(me, w, n.fd, name, &st)
                     if e:
                         break
             if (st.st_mode & S_IFMT) == S_IFDIR:
