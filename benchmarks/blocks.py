@@ -89,6 +89,8 @@ def main(argv=None) -> int:
                                    "scan_blocks, 512 MiB dense", "fallocate --dig-holes", "sparsify",
                                    "sparsify(dry_run=True)")}
         punched = 0
+        dry_vs_real: list = []  # (allocated_after the dry run predicted, what the real run left)
+        freed: list = []  # (sparsify, dig-holes): bytes each freed of the same file
         for r in range(args.rounds):
             # The scan first, after an untimed one: the full read leaves 8 GiB of page-cache pages
             # of zeros (the holes) behind it, and the first call after that pays for their clean-up.
@@ -107,6 +109,7 @@ def main(argv=None) -> int:
             make_memory_file(twin)
             make_memory_file(ours)
             os.sync()
+            predicted = snapshot.sparsify(ours, dry_run=True).allocated_after
 
             def ours_run():
                 return snapshot.sparsify(ours, workers=1)
@@ -121,8 +124,11 @@ def main(argv=None) -> int:
                 t[name].append(secs)
                 if name == "sparsify":
                     punched = res.punched
+                    dry_vs_real.append((predicted, res.allocated_after))
             assert snapshot.scan_blocks(ours).zero == 0 and sha(ours) == sha_mem
+            before = snapshot.scan_blocks(mem).allocated
             if dig:
+                freed.append((before - os.lstat(ours).st_blocks * 512, before - os.lstat(twin).st_blocks * 512))
                 assert os.lstat(ours).st_blocks <= os.lstat(twin).st_blocks, "sparsify freed less than dig-holes"
                 os.unlink(twin)
             os.unlink(ours)
@@ -142,6 +148,12 @@ def main(argv=None) -> int:
                        lambda x: x <= 1.10),
                       ("fallocate --dig-holes / sparsify(dry_run)", med["fallocate --dig-holes"]
                        / med["sparsify(dry_run=True)"], ">= 20", lambda x: x >= 20)]
+        predicted, real = dry_vs_real[-1]
+        print(f"\nThe dry run predicted allocated_after = {predicted:,} bytes; the real run left {real:,} "
+              f"({real - predicted:+,} bytes, {(real - predicted) / max(predicted, 1):+.3%}: the extent tree grew)")
+        if freed:
+            ours_freed, dig_freed = freed[-1]
+            print(f"sparsify freed {ours_freed:,} bytes; fallocate --dig-holes freed {dig_freed:,}")
         print("\n| goal | measured | target | met |")
         print("| --- | ---: | ---: | --- |")
         for label, value, target, ok in goals:

@@ -246,8 +246,7 @@ cdef int dc_pin_open(DirCache *dc, Node *t) noexcept nogil:
     cdef Node *anc
     cdef Node **chain
     cdef int *fds
-    cdef int prev, fd, e, kept
-    cdef struct_stat st
+    cdef int e, kept
     while t.fd < 0:
         k = 0
         m = t
@@ -279,42 +278,9 @@ cdef int dc_pin_open(DirCache *dc, Node *t) noexcept nogil:
         dc_idle_remove(dc, anc)
         anc.users += 1
         pthread_mutex_unlock(&dc.lock)
-        e = 0
-        prev = anc.fd
-        for i in range(k):
-            m = chain[i]
-            fd = dc_openat(dc, prev, m.name, 0)
-            if fd < 0:
-                e = snap_errno()
-                if e == ENOENT or e == ENOTDIR or e == ELOOP:
-                    e = CHANGED
-            elif m.has_id and (sys_fstat(fd, &st) != 0 or <uint64_t>st.st_dev != m.dev
-                               or <uint64_t>st.st_ino != m.ino):
-                close(fd)
-                fd = -1
-                e = CHANGED
-            if i > 0 and fds[i - 1] == -1:  # prev was a stepping stone
-                close(prev)
-            if e:
-                break
-            prev = fd
-            if fds[i] == KEEP:
-                fds[i] = fd
-        for i in range(k):
-            if fds[i] == KEEP:
-                fds[i] = -1  # not reached
+        e = reopen_chain(dc, anc.fd, chain, fds, k)
         pthread_mutex_lock(&dc.lock)
-        for i in range(k):
-            m = chain[i]
-            if fds[i] < 0:
-                continue
-            if m.fd >= 0 or (m is not t and m.pending == 0):
-                close(fds[i])  # reopened by another thread meanwhile, or no longer needed
-                continue
-            m.fd = fds[i]
-            snap_add(&dc.open_fds, 1)
-            if m is not t:
-                dc_idle_add(dc, m)
+        install_chain(dc, t, chain, fds, k)
         free(chain)
         free(fds)
         anc.users -= 1
@@ -324,6 +290,56 @@ cdef int dc_pin_open(DirCache *dc, Node *t) noexcept nogil:
     dc_idle_remove(dc, t)
     t.users += 1
     return 0
+
+
+cdef int reopen_chain(DirCache *dc, int prev, Node **chain, int *fds, size_t k) noexcept nogil:
+    """Open chain[0..k) name by name from the descriptor *prev* (the pinned ancestor's), each
+    checked against its recorded identity; the descriptors of those marked KEEP go to *fds*,
+    the others are closed once the next is open.  Lock not held.  0, CHANGED or an errno."""
+    cdef size_t i
+    cdef int fd, e = 0
+    cdef Node *m
+    cdef struct_stat st
+    for i in range(k):
+        m = chain[i]
+        fd = dc_openat(dc, prev, m.name, 0)
+        if fd < 0:
+            e = snap_errno()
+            if e == ENOENT or e == ENOTDIR or e == ELOOP:
+                e = CHANGED
+        elif m.has_id and (sys_fstat(fd, &st) != 0 or <uint64_t>st.st_dev != m.dev
+                           or <uint64_t>st.st_ino != m.ino):
+            close(fd)
+            e = CHANGED
+        if i > 0 and fds[i - 1] == -1:  # prev was a stepping stone
+            close(prev)
+        if e:
+            break
+        prev = fd
+        if fds[i] == KEEP:
+            fds[i] = fd
+    for i in range(k):
+        if fds[i] == KEEP:
+            fds[i] = -1  # not reached
+    return e
+
+
+cdef void install_chain(DirCache *dc, Node *t, Node **chain, int *fds, size_t k) noexcept nogil:
+    """Give the reopened directories their descriptors (lock held); one another thread
+    reopened meanwhile, or that no child needs any more, is closed instead."""
+    cdef size_t i
+    cdef Node *m
+    for i in range(k):
+        m = chain[i]
+        if fds[i] < 0:
+            continue
+        if m.fd >= 0 or (m is not t and m.pending == 0):
+            close(fds[i])
+            continue
+        m.fd = fds[i]
+        snap_add(&dc.open_fds, 1)
+        if m is not t:
+            dc_idle_add(dc, m)
 
 
 cdef void dc_unpin(DirCache *dc, Node *n) noexcept nogil:

@@ -49,11 +49,6 @@ def name_bytes(name: str) -> bytes:
     return b
 
 
-def check_name(name: str) -> str:
-    """*name* as a plain str if it is exactly one path component (see name_bytes)."""
-    return os.fsdecode(name_bytes(name))
-
-
 def dir_path(base_dir: StrPath, name: str):
     """``base_dir/name``, the snapshot's directory, joined as Go's filepath.Join
     does for base "" or "/".  str for a str or PathLike base, bytes for bytes."""

@@ -47,7 +47,7 @@ def constants() -> dict:
             from ._du import CONSTANTS
             _CONSTANTS = dict(CONSTANTS)
         except ImportError:  # pragma: no cover - no compiled module: not Linux
-            _CONSTANTS = {"F_SETLEASE": 1024, "F_GETLEASE": 1025, "F_SETSIG": 10, "F_RDLCK": 0,
+            _CONSTANTS = {"F_SETLEASE": 1024, "F_GETLEASE": 1025, "F_SETSIG": 10,
                           "F_WRLCK": 1, "F_UNLCK": 2, "FALLOC_FL_KEEP_SIZE": 1, "FALLOC_FL_PUNCH_HOLE": 2,
                           "SIGURG": 23, "PROC_SUPER_MAGIC": 0x9FA0}
     return _CONSTANTS

@@ -898,19 +898,14 @@ cdef int read_dir(Worker *me, Node *n) noexcept nogil:
     """Read the open directory n: count its non-directories, push its subdirectories.
     0, or ENOMEM (failures that stop the walk are recorded on it)."""
     cdef Walk *w = n.w
-    cdef Batch *b = w.b
     cdef long got, off
     cdef const char *ent
-    cdef const char *name
-    cdef unsigned char dtype
-    cdef struct_stat st
-    cdef int e = 0, one_fs = b.flags & F_ONE_FS, listed_meta
-    cdef int snapshot_files = (b.flags & F_SNAPSHOT) and n.parent == NULL
+    cdef int e = 0
     cdef int64_t index = -1
     cdef size_t deferred
-    if b.nexclude and exclude_dir(me, w, n) != 0:
+    if w.b.nexclude and exclude_dir(me, w, n) != 0:
         return ENOMEM
-    while True:
+    while e == 0:
         # Every chunk counts too, so that walks of empty directories (a batch of tiny
         # snapshots) still look at signals.
         if tick(me) or stopped(w):
@@ -923,60 +918,12 @@ cdef int read_dir(Worker *me, Node *n) noexcept nogil:
         me.nkids = 0
         deferred = 0
         off = 0
-        while off < got:
+        while off < got and e == 0:
             ent = me.dents + off
             off += snap_reclen(ent)
-            name = snap_name(ent)
-            if snap_dot_or_dotdot(name):
-                continue
-            index += 1
-            if tick(me):
-                e = INTERRUPTED
-                break
-            if b.nexclude and excluded_entry(me, name):
-                continue
-            dtype = snap_type(ent)
-            if dtype == DT_DIR and not one_fs:
-                if snapshot_files and strcmp(name, META_NAME) == 0:
-                    meta_refused(w, S_IFDIR, 0)
-                e = add_kid(me, n, name, index, &deferred)
-                if e:
-                    break
-                continue
-            listed_meta = snapshot_files and dtype == DT_REG and strcmp(name, META_NAME) == 0 \
-                and not lease_maybe(b, snap_ino(ent))
-            if listed_meta:
-                e = open_listed_meta(me, w, n.fd, name, &st)
-                if e == VANISHED:
-                    e = 0
-                    continue
-                listed_meta = e == 0
-                if e > 0:
-                    break
-                e = 0
-            if not listed_meta:
-                if sys_fstatat(n.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0:
-                    e = snap_errno()
-                    if e == ENOENT or e == ENOTDIR:
-                        e = 0
-                        continue  # vanished meanwhile
-                    if problem(w, e, n, name, 0):
-                        e = 0
-                        break
-                    e = 0
-                    continue
-                if snapshot_files:
-                    e = snapshot_file(me, w, n.fd, name, &st)
-                    if e:
-                        break
-            if (st.st_mode & S_IFMT) == S_IFDIR:
-                if one_fs and <uint64_t>st.st_dev != w.root_dev:
-                    continue  # another filesystem: not entered, not counted
-                e = add_kid(me, n, name, index, &deferred)
-            else:
-                e = count_entry(me, w, n, n.fd, name, index, &st)
-            if e:
-                break
+            if not snap_dot_or_dotdot(snap_name(ent)):
+                index += 1
+                e = read_entry(me, n, ent, index, &deferred)
         if deferred:
             pthread_mutex_lock(&w.dc.lock)
             n.pending += <int>deferred
@@ -984,8 +931,61 @@ cdef int read_dir(Worker *me, Node *n) noexcept nogil:
         if push(me, me.kids, me.nkids) != 0:
             drop_kids(me)
             return ENOMEM
+    return e if e == ENOMEM else 0
+
+
+cdef int read_entry(Worker *me, Node *n, const char *ent, int64_t index, size_t *deferred) noexcept nogil:
+    """One entry of the directory n: a subdirectory is added to the chunk's children, anything
+    else counted.  0 to go on, INTERRUPTED to stop reading n, or ENOMEM."""
+    cdef Walk *w = n.w
+    cdef Batch *b = w.b
+    cdef const char *name = snap_name(ent)
+    cdef unsigned char dtype = snap_type(ent)
+    cdef struct_stat st
+    cdef int e, one_fs = b.flags & F_ONE_FS
+    cdef int snapshot_files = (b.flags & F_SNAPSHOT) and n.parent == NULL
+    if tick(me):
+        return INTERRUPTED
+    if b.nexclude and excluded_entry(me, name):
+        return 0
+    if dtype == DT_DIR and not one_fs:  # not stat'ed: only -x needs a directory's st_dev
+        if snapshot_files and strcmp(name, META_NAME) == 0:
+            meta_refused(w, S_IFDIR, 0)
+        return add_kid(me, n, name, index, deferred)
+    if snapshot_files and dtype == DT_REG and strcmp(name, META_NAME) == 0 and not lease_maybe(b, snap_ino(ent)):
+        e = open_listed_meta(me, w, n.fd, name, &st)
+        if e == VANISHED:
+            return 0
+        if e > 0:
+            return e
+        if e == FALLBACK:
+            e = stat_entry(me, n, name, &st, snapshot_files)
+            if e:
+                return 0 if e == VANISHED else e
+    else:
+        e = stat_entry(me, n, name, &st, snapshot_files)
         if e:
-            return e if e == ENOMEM else 0
+            return 0 if e == VANISHED else e
+    if (st.st_mode & S_IFMT) == S_IFDIR:
+        if one_fs and <uint64_t>st.st_dev != w.root_dev:
+            return 0  # another filesystem: not entered, not counted
+        return add_kid(me, n, name, index, deferred)
+    return count_entry(me, w, n, n.fd, name, index, &st)
+
+
+cdef int stat_entry(Worker *me, Node *n, const char *name, struct_stat *st, int snapshot_files) noexcept nogil:
+    """fstatat the entry (and note it if it is a snapshot file): 0; VANISHED or INTERRUPTED (the
+    walk failed on it) to skip it; or ENOMEM."""
+    cdef Walk *w = n.w
+    cdef int e
+    if sys_fstatat(n.fd, name, st, AT_SYMLINK_NOFOLLOW) != 0:
+        e = snap_errno()
+        if e == ENOENT or e == ENOTDIR:
+            return VANISHED  # vanished meanwhile
+        return INTERRUPTED if problem(w, e, n, name, 0) else VANISHED
+    if snapshot_files:
+        return snapshot_file(me, w, n.fd, name, st)
+    return 0
 
 
 cdef inline int stopped(Walk *w) noexcept nogil:

@@ -327,66 +327,76 @@ cdef int unsafe_fs(long fstype) noexcept nogil:
 
 cdef void block_job(Worker *me, Job *job, int fd, Totals *t) noexcept nogil:
     """Scan, punch or dry-run the open file (the job's), adding to *t*."""
-    cdef Walk *w = job.w
-    cdef Batch *b = w.b
     cdef struct_stat st
-    cdef ScanCtx s
-    cdef PunchCtx c
-    cdef int rc, err = 0, leased = 0
-    cdef long fstype = 0
-    cdef uint64_t before
     cdef const char *name = job.name if job.dir != NULL else NULL
     if chunk_buffer(me) != 0 or sys_fstat(fd, &st) != 0:
-        job_failed(w, FAILED, ENOMEM if me.chunk == NULL else snap_errno(), 0, job.dir, name)
-        return
-    if job.blocks == SCAN:
-        s.data = s.zero = 0
-        s.size = st.st_size
-        s.block = b.block_size
-        rc = each_block(me, fd, st.st_size, b.block_size, 0, scan_block, &s, 0, &err)
-        if rc == EACH_ERROR:
-            job_failed(w, FAILED, err, 0, job.dir, name)
-        elif rc == EACH_END:
-            t.data += s.data
-            t.zero += s.zero
-            t.before += <uint64_t>st.st_blocks * 512
-            t.after += <uint64_t>st.st_blocks * 512
-            t.block_files += 1
-        return
-    fstype = snap_fs_type(fd)
+        job_failed(job.w, FAILED, ENOMEM if me.chunk == NULL else snap_errno(), 0, job.dir, name)
+    elif job.blocks == SCAN:
+        scan_file(me, job, fd, &st, t)
+    else:
+        punch_file(me, job, fd, &st, t)
+
+
+cdef void scan_file(Worker *me, Job *job, int fd, const struct_stat *st, Totals *t) noexcept nogil:
+    cdef ScanCtx s
+    cdef int rc, err = 0
+    s.data = s.zero = 0
+    s.size = st.st_size
+    s.block = job.w.b.block_size
+    rc = each_block(me, fd, st.st_size, s.block, 0, scan_block, &s, 0, &err)
+    if rc == EACH_ERROR:
+        job_failed(job.w, FAILED, err, 0, job.dir, job.name if job.dir != NULL else NULL)
+    elif rc == EACH_END:
+        t.data += s.data
+        t.zero += s.zero
+        t.before += <uint64_t>st.st_blocks * 512
+        t.after += <uint64_t>st.st_blocks * 512
+        t.block_files += 1
+
+
+cdef int take_lease(int fd) noexcept nogil:
+    """0 with a write lease held, or the errno why not (EAGAIN: another process has the file
+    open).  The lease-break signal becomes SIGURG, whose default action is none: a break can
+    never kill the process (SIGIO's would); the lease is confirmed before each punch instead."""
+    if sys_fcntl(fd, F_SETSIG, SIGURG) == 0 and sys_fcntl(fd, F_SETLEASE, F_WRLCK) == 0:
+        return 0
+    return snap_errno()
+
+
+cdef void punch_file(Worker *me, Job *job, int fd, const struct_stat *st, Totals *t) noexcept nogil:
+    cdef Walk *w = job.w
+    cdef PunchCtx c
+    cdef struct_stat now
+    cdef int rc, err = 0, leased = 0
+    cdef long fstype = snap_fs_type(fd)
+    cdef uint64_t before = <uint64_t>st.st_blocks * 512
+    cdef const char *name = job.name if job.dir != NULL else NULL
     if job.blocks == PUNCH:
-        # The lease-break signal becomes SIGURG, whose default action is none: a break can
-        # never kill the process (SIGIO's would), and the lease is confirmed before each punch.
-        if sys_fcntl(fd, F_SETSIG, SIGURG) == 0 and sys_fcntl(fd, F_SETLEASE, F_WRLCK) == 0:
-            leased = 1
-        else:
-            err = snap_errno()
-            if err == EAGAIN:
-                job_failed(w, BUSY, err, fstype, job.dir, name)
-                return
-            if not b.force:
-                job_failed(w, UNCHECKED, err, fstype, job.dir, name)
-                return
+        err = take_lease(fd)
+        if err == EAGAIN or (err and not w.b.force):
+            job_failed(w, BUSY if err == EAGAIN else UNCHECKED, err, fstype, job.dir, name)
+            return
+        leased = err == 0
+        err = 0  # forced: punched without a lease
     memset(&c, 0, sizeof(PunchCtx))
     c.me = me
     c.fd = fd
     c.dry_run = job.blocks == DRY_RUN
     c.leased = leased
-    c.unit = alloc_unit(fd, &st, job.dir_alloc)
+    c.unit = alloc_unit(fd, st, job.dir_alloc)
     c.pending_start = -1
-    c.stale_ns = b.lease_break_ns // REREAD_FRACTION
+    c.stale_ns = w.b.lease_break_ns // REREAD_FRACTION
     rc = each_block(me, fd, st.st_size, c.unit, 0, punch_block, &c, leased, &err)
     if rc == EACH_END and flush_run(&c):
         rc = EACH_STOP
     if rc == EACH_BROKEN:
         c.stopped = 1
-    before = <uint64_t>st.st_blocks * 512
     t.punched += c.punched
     t.before += before
     if c.dry_run:
         t.after += before - c.punched
-    elif sys_fstat(fd, &st) == 0:
-        t.after += <uint64_t>st.st_blocks * 512  # the measured truth, whatever was predicted
+    elif sys_fstat(fd, &now) == 0:
+        t.after += <uint64_t>now.st_blocks * 512  # the measured truth, whatever was predicted
     else:
         t.after += before
     if leased:
