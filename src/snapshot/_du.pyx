@@ -302,7 +302,7 @@ cdef object _meta(Walk *w):
 
 cdef object _walked(Walk *w, int flags):
     cdef Totals *t = &w.t
-    cdef size_t i
+    cdef size_t i, k
     cdef Rec *r
     named = meta = error = None
     if flags & F_SNAPSHOT:
@@ -317,13 +317,19 @@ cdef object _walked(Walk *w, int flags):
     records = []
     for i in range(w.recs.n):
         r = &w.recs.items[i]
+        if r.dropped:
+            continue
         records.append((r.parent, r.index, <bytes>r.name, sum_to_int(r.blocks, 512), sum_to_int(r.apparent, 1),
                         r.id))
+    links = [(w.links.items[i].dev, w.links.items[i].ino,
+              tuple(w.links.items[i].key[k] for k in range(w.links.items[i].keylen)),
+              w.links.items[i].blocks * 512, w.links.items[i].size, w.links.items[i].rec, w.links.items[i].index,
+              <bytes>w.links.items[i].name) for i in range(w.links.n)]
     return tuple.__new__(Walked, (
         sum_to_int(t.blocks, 512), sum_to_int(t.apparent, 1), t.files, t.dirs,
         sum_to_int(t.shared, 1), sum_to_int(t.shared_phys, 1), t.unmapped,
         t.data, t.zero, t.punched, t.before, t.after, t.block_files,
-        named, meta, error, errors, failures, records))
+        named, meta, error, errors, failures, records, links))
 
 
 def walk(list paths, int flags, int workers=0, *, int blocks=0, int block_size=4096, bint force=False,

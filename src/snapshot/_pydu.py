@@ -210,6 +210,7 @@ class _Walk:
         self.errors: list = []
         self.failures: list = []
         self.records: list = []
+        self.links: list = []
         self.rec_of: dict = {}  # DirNode -> the record its sizes go to (its own, or its ancestor's at max_depth)
         self.index: dict = {}  # DirNode -> its place in its parent's listing
 
@@ -217,6 +218,9 @@ class _Walk:
 
     def count(self, dir_fd, name: bytes, st: os.stat_result, node, index: int) -> None:
         """Count a non-directory (dir_fd None: the root itself, name its path)."""
+        if self.flags & UNIQUE_INODES and st.st_nlink > 1 and self.flags & RECORDS and node is not None:
+            self._link_name(node, name, index, st)  # counted once, where du meets it first
+            return
         if self.flags & UNIQUE_INODES and st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             if key in self.seen:
@@ -234,6 +238,16 @@ class _Walk:
         if self.b.blocks != NO_BLOCKS:
             self._file_job(dir_fd, name, st, node)
 
+    def _link_name(self, node, name: bytes, index: int, st) -> None:
+        """One name of a file with several links (see _walk.pxi, link_name)."""
+        places = [index]
+        n = node
+        while n.parent is not None:
+            places.append(self.index[n])
+            n = n.parent
+        self.links.append((st.st_dev, st.st_ino, tuple(reversed(places)), st.st_blocks * 512, st.st_size,
+                           self.rec_of[node][5], index, name))
+
     def _record_file(self, node, index: int, name: bytes, st) -> None:
         if not self.flags & RECORDS:
             return
@@ -242,7 +256,7 @@ class _Walk:
             rec[3] += st.st_blocks * 512
             rec[4] += st.st_size
         depth = 0 if node is None else node.depth + 1
-        if self.flags & ALL_FILES and depth <= self.b.max_depth:
+        if (node is None or self.flags & ALL_FILES) and depth <= self.b.max_depth:  # as _walk.pxi
             self.records.append((-1 if rec is None else rec[5], index, name, st.st_blocks * 512, st.st_size, -1))
 
     def _fiemap(self, dir_fd, name: bytes, st, node) -> None:
@@ -337,7 +351,7 @@ class _Walk:
         return Walked(s["blocks"] * 512, s["apparent"], s["files"], s["dirs"], s["shared"], phys, s["unmapped"],
                       s["data"], s["zero"], s["punched"], s["before"], s["after"], s["block_files"],
                       tuple(self.named) if snap else None, self.meta if snap else None, error, self.errors,
-                      self.failures, [tuple(r) for r in self.records])
+                      self.failures, [tuple(r) for r in self.records if len(r) == 6], self.links)
 
     def _walk(self) -> None:
         path = self.path
@@ -352,9 +366,11 @@ class _Walk:
             try:
                 tree.root.fd = root_fd = os.open(self.name, DIR_FLAGS, dir_fd=self.dir_fd)
             except OSError as e:
-                if e.errno != errno.ENOTDIR:  # not a symlink or a file: counted as itself
+                if e.errno == errno.ENOTDIR:  # a symlink or a file: counted as itself
+                    self._root_file(path)
+                    return
+                if not (self.flags & KEEP_GOING and e.errno in (errno.EACCES, errno.EPERM) and self._unreadable_root(e)):
                     raise _Stop(e.errno or errno.EIO, path) from None
-                self._root_file(path)
                 return
             root_dev = os.fstat(root_fd).st_dev if self.flags & ONE_FILE_SYSTEM else None
             self.sums["dirs"] = 1
@@ -371,6 +387,19 @@ class _Walk:
         finally:
             tree.close()
 
+    def _unreadable_root(self, e: OSError) -> bool:
+        """KEEP_GOING, the path a directory we may not read: it "cannot be read" and still has
+        its line, as du prints it (see _walk.pxi, root_unreadable)."""
+        try:
+            if not stat.S_ISDIR(os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False).st_mode):
+                return False
+        except OSError:
+            return False
+        self.sums["dirs"] = 1
+        self._new_record(self.tree.root, None, 0, b"")
+        self.failed(e, None)
+        return True
+
     def _root_file(self, path: bytes) -> None:
         try:
             st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
@@ -381,14 +410,24 @@ class _Walk:
         self.count(self.dir_fd, self.name, st, None, 0)
 
     def _open(self, node: DirNode) -> bool:
-        """Open node from its parent; False if it is gone (or could not be read, KEEP_GOING)."""
+        """Open node from its parent; False if it is gone (or could not be read, KEEP_GOING).
+        As du (and _walk.pxi's unreadable_dir): a directory that can at least be stat'ed
+        "cannot be read" and keeps its line; one that cannot "cannot be accessed" and has none."""
         tree = self.tree
         try:
             tree.open(node)
             return True
         except OSError as e:
             if e.errno not in CHANGED:  # else gone, or replaced by a file or a symlink meanwhile
-                self.failed(e, node)
+                try:
+                    os.stat(node.name, dir_fd=tree.parent_fd(node), follow_symlinks=False)
+                    is_dir = True
+                except OSError:
+                    is_dir = False
+                    rec = self.rec_of.get(node)
+                    if rec is not None and rec is not self.rec_of.get(node.parent):
+                        rec.append("dropped")
+                self.failed(e, node, None, is_dir)
             return False
         finally:
             tree.release(node.parent)  # type: ignore[arg-type]
@@ -396,6 +435,7 @@ class _Walk:
     def _new_record(self, node: DirNode, parent, index: int, name: bytes) -> None:
         if not self.flags & RECORDS:
             return
+        self.index[node] = index
         if node.depth <= self.b.max_depth:
             rec = [self.rec_of[parent][5] if parent is not None else -1, index, name, 0, 0, len(self.records)]
             self.records.append(rec)

@@ -102,9 +102,27 @@ cdef struct Rec:
     char *name      # malloc'd
     Sum128 blocks
     Sum128 apparent
+    int dropped     # a directory that could not even be stat'ed: no line
 
 cdef struct Recs:
     Rec *items
+    size_t n
+    size_t cap
+
+
+cdef struct Link:       # RECORDS with UNIQUE_INODES: one name of a file with several links
+    uint64_t dev
+    uint64_t ino
+    int64_t blocks
+    int64_t size
+    int64_t rec         # the record its sizes would go to
+    int64_t index       # its place in its directory's listing
+    char *name          # malloc'd
+    int64_t *key        # malloc'd: the listing places from the root down to it (du's order)
+    size_t keylen
+
+cdef struct Links:
+    Link *items
     size_t n
     size_t cap
 
@@ -159,6 +177,7 @@ cdef int64_t recs_add(Recs *rs, int64_t parent, int64_t index, const char *name,
     r.index = index
     r.id = -1 if is_file else <int64_t>rs.n
     r.blocks.lo = r.blocks.hi = r.apparent.lo = r.apparent.hi = 0
+    r.dropped = 0
     rs.n += 1
     return <int64_t>(rs.n - 1)
 
@@ -195,6 +214,7 @@ cdef struct Walk:
     Problems errors       # KEEP_GOING: what was skipped
     Problems failures     # file jobs that did not end DONE
     Recs recs             # RECORDS
+    Links links           # RECORDS with UNIQUE_INODES: every name of a file with several links
     # SNAPSHOT_FILES, from the root directory's entries (written by its one reader):
     int64_t named[3]      # allocated bytes of memory-ranges, rootfs.cow, rootfs.ext4; -1 if absent
     int meta_state
@@ -698,10 +718,10 @@ cdef int start_root(Worker *me, Item *it) noexcept nogil:
     fd = sys_openat(b.base_fd, w.name, DIR_FLAGS)
     if fd < 0:
         e = snap_errno()
-        if e != ENOTDIR:  # a symlink (O_NOFOLLOW) or a file: counted as itself
-            root_failed(w, e)
-        else:
+        if e == ENOTDIR:  # a symlink (O_NOFOLLOW) or a file: counted as itself
             root_file(me, w)
+        elif not (b.flags & F_KEEP_GOING and (e == EACCES or e == EPERM) and root_unreadable(w, e)):
+            root_failed(w, e)
         return 2
     if b.flags & F_ONE_FS:
         if sys_fstat(fd, &st) != 0:
@@ -752,6 +772,21 @@ cdef int walk_init(Walk *w, Batch *b, Py_ssize_t index) noexcept nogil:
     return 0
 
 
+cdef int root_unreadable(Walk *w, int err) noexcept nogil:
+    """KEEP_GOING, the path a directory we may not read: as du, it "cannot be read" and still
+    has its line (nothing below it counted).  0 if it is not a directory after all."""
+    cdef struct_stat st
+    if sys_fstatat(w.b.base_fd, w.name, &st, AT_SYMLINK_NOFOLLOW) != 0 or (st.st_mode & S_IFMT) != S_IFDIR:
+        return 0
+    if w.b.flags & F_RECORDS and recs_add(&w.recs, -1, 0, b"", 0, 0) < 0:
+        return 0
+    w.t.dirs = 1
+    problem(w, err, NULL, NULL, 1)
+    w.finished = 1
+    walk_finish(w)
+    return 1
+
+
 cdef void root_failed(Walk *w, int err) noexcept nogil:
     pthread_mutex_lock(&w.dc.lock)
     fail_at(w, err, NULL, NULL)
@@ -786,12 +821,19 @@ cdef void walk_finish(Walk *w) noexcept nogil:
 
 cdef void walk_free(Walk *w) noexcept nogil:
     """After the batch: what the results did not take.  The ranges stay for the batch's union."""
+    cdef size_t i
     free(w.dc.idle)
     free(w.inodes.keys)
     free(w.err_path)
     problems_free(&w.errors)
     problems_free(&w.failures)
     recs_free(&w.recs)
+    for i in range(w.links.n):
+        free(w.links.items[i].key)
+        free(w.links.items[i].name)
+    free(w.links.items)
+    w.links.items = NULL
+    w.links.n = 0
     free(w.meta_buf)
     free(w.ranges.items)
     free(w.own_path)
@@ -1030,7 +1072,7 @@ cdef int add_kid(Worker *me, Node *n, const char *name, int64_t index, size_t *d
         if e == ENOENT or e == ENOTDIR or e == ELOOP:
             return 0  # gone, or replaced by a file or a symlink meanwhile: skipped
         if e != EMFILE and e != ENFILE:
-            problem(w, e, n, name, 1)
+            unreadable_dir(w, n, name, e, rec if rec != n.rec else -1)
             return 0
     kid = node_new(n, w, name, namelen, index)
     if kid == NULL:
@@ -1048,6 +1090,19 @@ cdef int add_kid(Worker *me, Node *n, const char *name, int64_t index, size_t *d
     return 0
 
 
+cdef void unreadable_dir(Walk *w, Node *n, const char *name, int err, int64_t rec) noexcept nogil:
+    """A subdirectory that cannot be opened.  As du: if it can at least be stat'ed, it "cannot
+    be read" and keeps its line (-d, -a); if not even that (its parent may be listed but not
+    searched), it "cannot be accessed" and has no line."""
+    cdef struct_stat st
+    cdef int is_dir = sys_fstatat(n.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0
+    if not is_dir and rec >= 0:
+        pthread_mutex_lock(&w.dc.lock)
+        w.recs.items[rec].dropped = 1
+        pthread_mutex_unlock(&w.dc.lock)
+    problem(w, err, n, name, is_dir)
+
+
 cdef int count_entry(Worker *me, Walk *w, Node *n, int dirfd, const char *name, int64_t index,
                      const struct_stat *st) noexcept nogil:
     """Add a non-directory (n NULL: the root itself, dirfd AT_FDCWD and name its path), and
@@ -1056,6 +1111,8 @@ cdef int count_entry(Worker *me, Walk *w, Node *n, int dirfd, const char *name, 
     cdef int fresh
     cdef uint64_t blocks = st.st_blocks
     cdef int64_t rec
+    if (b.flags & F_UNIQUE) and st.st_nlink > 1 and (b.flags & F_RECORDS) and n != NULL:
+        return link_name(w, n, name, index, st)  # counted once, where du meets it first (_du_lines)
     if (b.flags & F_UNIQUE) and st.st_nlink > 1:
         pthread_mutex_lock(&w.dc.lock)
         fresh = inode_add(&w.inodes, st.st_dev, st.st_ino)
@@ -1070,11 +1127,55 @@ cdef int count_entry(Worker *me, Walk *w, Node *n, int dirfd, const char *name, 
     if b.flags & F_RECORDS:
         add128(&me.t.rec_blocks, blocks)
         add128(&me.t.rec_apparent, <uint64_t>st.st_size)
-        if b.flags & F_ALL_FILES and (0 if n == NULL else n.depth + 1) <= <size_t>b.max_depth:
+        # du prints a PATH that is a file whatever the options; files below it with -a only.
+        if (n == NULL or b.flags & F_ALL_FILES) and (0 if n == NULL else n.depth + 1) <= <size_t>b.max_depth:
             if file_record(w, n, name, index, st) != 0:
                 return ENOMEM
     if (st.st_mode & S_IFMT) == S_IFREG and ((b.flags & F_SHARED and blocks) or b.blocks):
         return file_jobs(me, w, n, dirfd, name, st)
+    return 0
+
+
+cdef int link_name(Walk *w, Node *n, const char *name, int64_t index, const struct_stat *st) noexcept nogil:
+    """du counts a file with several links once, under the first name its depth-first walk in
+    listing order meets; our walk meets names in another order (a directory's own files first,
+    threads in any order), so each name is noted with its place (the listing places from the
+    root down) and the first in du's order is chosen after the walk.  0, or ENOMEM."""
+    cdef Link *grown
+    cdef Link *l
+    cdef Node *m = n
+    cdef size_t depth = n.depth, i
+    pthread_mutex_lock(&w.dc.lock)
+    if w.links.n == w.links.cap:
+        grown = <Link *>realloc(w.links.items, (w.links.cap * 2 + 16) * sizeof(Link))
+        if grown == NULL:
+            pthread_mutex_unlock(&w.dc.lock)
+            return ENOMEM
+        w.links.items = grown
+        w.links.cap = w.links.cap * 2 + 16
+    l = &w.links.items[w.links.n]
+    l.key = <int64_t *>malloc((depth + 1) * sizeof(int64_t))
+    l.name = strdup(name)
+    if l.key == NULL or l.name == NULL:
+        free(l.key)
+        free(l.name)
+        pthread_mutex_unlock(&w.dc.lock)
+        return ENOMEM
+    l.key[depth] = index
+    i = depth
+    while m.parent != NULL:
+        i -= 1
+        l.key[i] = m.index
+        m = m.parent
+    l.keylen = depth + 1
+    l.dev = st.st_dev
+    l.ino = st.st_ino
+    l.blocks = st.st_blocks
+    l.size = st.st_size
+    l.rec = n.rec
+    l.index = index
+    w.links.n += 1
+    pthread_mutex_unlock(&w.dc.lock)
     return 0
 
 

@@ -29,4 +29,9 @@ Walked = namedtuple("Walked", [
     # own files and of its subdirectories deeper than max_depth) and, with ALL_FILES, every
     # file down to max_depth (id -1).  Empty otherwise.
     "records",
+    # RECORDS with UNIQUE_INODES: every name of a file with several links, counted in neither
+    # the sums nor the records: [(st_dev, st_ino, its listing places from the root down,
+    # allocated, apparent, the record its sizes go to, index, name)]; the caller counts each
+    # inode once, at the first of its names in du's order (the least places).
+    "links",
 ])

@@ -81,17 +81,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write to FILE: a regular file is replaced atomically (temp file + rename)")
     p.add_argument("-j", "--workers", type=int, metavar="N",
-                   help="threads: per snapshot with --snapshots, inside each tree with PATHs (default: all CPUs)")
+                   help="threads: per snapshot with --snapshots, inside each tree with PATHs (default: as many as help, up to 8 per CPU)")
     return p
 
 
 def _depth(text: str) -> int:
-    """du -d N: a whole number, 0 or more."""
+    """du -d N: a whole number, 0 or more, in C's syntax (strtoul's base 0: 010 is 8, 0x10 16)."""
+    t = text.lstrip(" \t\n\v\f\r")
+    sign, t = (t[0], t[1:]) if t[:1] and t[:1] in "+-" else ("+", t)
+    base = 16 if t[:2].lower() == "0x" else 8 if t[:1] == "0" and len(t) > 1 else 10
     try:
-        n = int(text, 10)
+        n = int(t[2:] if base == 16 else t, base)
     except ValueError:
         n = -1
-    if n < 0:
+    if sign == "-" or n < 0 or n >= 1 << 63:
         raise argparse.ArgumentTypeError(f"invalid maximum depth '{text}'")
     return n
 
@@ -226,7 +229,7 @@ def _paths_mode(args, warn, emit) -> bool:
         if r.error is not None:
             continue
         if lines:
-            shown = _du_lines(r, path, apparent)
+            shown = _du_lines(r, path, apparent, depth if args.all else -1)
             total += shown[-1][1] if shown and shown[-1][0] == path else 0
             for where, size in shown:
                 if args.threshold is None or _units.shown(size, args.threshold):
@@ -298,34 +301,59 @@ def _problems(r, path: str) -> list:
     return out
 
 
-def _du_lines(r, path: str, apparent: bool) -> list:
+def _du_lines(r, path: str, apparent: bool, file_depth: int) -> list:
     """[(path, size)] as du prints them, from the walk's records: each entry after what is
     below it, a directory's entries in their listing order, directories' sizes the sums of
-    everything below them (not their own blocks: see the README)."""
+    everything below them (not their own blocks: see the README).  A file with several links
+    counts once, at its first name in du's order; with -a it has a line there if it is at
+    most *file_depth* deep."""
     recs = r.records
     if not recs:
         return []  # the path itself was excluded: du prints nothing for it
+    recs = _with_links(recs, r.links, file_depth)
     size = 4 if apparent else 3
     kids: dict = {}
     for rec in recs:
         kids.setdefault(rec[0], []).append(rec)
     for group in kids.values():
         group.sort(key=lambda rec: rec[1])
-    base = path[:-1] if path.endswith("/") and len(path) > 1 else path
+    base = path.rstrip("/") or "/"  # as fts names what is below "dir/": "dir/x"
     out: list = []
 
-    def visit(rec, where: str) -> int:
-        """Append rec's subtree, rec last; returns its size.  (Recursion as deep as -d asks.)"""
+    def visit(rec, where: str, below: str) -> int:
+        """Append rec's subtree, rec last; returns its size (a directory's record holds its own
+        files already; its subdirectories' sizes are added).  Recursion as deep as -d asks."""
         total = rec[size]
-        if rec[5] >= 0:  # a directory: its entries first
+        if rec[5] >= 0:  # a directory: its entries first, in listing order
             for kid in kids.get(rec[5], ()):
-                total += visit(kid, f"{where}/{os.fsdecode(kid[2])}")
+                kid_size = visit(kid, f"{below}/{os.fsdecode(kid[2])}", f"{below}/{os.fsdecode(kid[2])}")
+                if kid[5] >= 0:
+                    total += kid_size
         out.append((where, total))
         return total
 
-    root = kids[-1][0]
-    visit(root, base if root[5] >= 0 else path)
+    visit(kids[-1][0], path, base if base != "/" else "")
     return out
+
+
+def _with_links(recs: list, links: list, file_depth: int) -> list:
+    """*recs* with each file that has several links counted at its first name in du's order
+    (the least listing places from the root down, as du's depth-first walk meets them)."""
+    if not links:
+        return recs
+    first: dict = {}
+    for link in links:
+        key = link[:2]
+        if key not in first or link[2] < first[key][2]:
+            first[key] = link
+    by_id = {rec[5]: list(rec) for rec in recs if rec[5] >= 0}
+    out = [rec for rec in recs if rec[5] < 0]
+    for _, _, places, allocated, apparent, rec, index, name in first.values():
+        by_id[rec][3] += allocated
+        by_id[rec][4] += apparent
+        if len(places) <= file_depth:
+            out.append((rec, index, name, allocated, apparent, -1))
+    return [tuple(rec) for rec in by_id.values()] + out
 
 
 def _unit_key(unit) -> object:
