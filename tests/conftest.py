@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import shutil
@@ -392,3 +393,12 @@ def big_tmpfs(tmp_path):
         pytest.skip(f"mount -t tmpfs failed: {r.stderr.strip()}")
     yield where
     subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def no_collection_meanwhile() -> None:
+    """Before a test sends itself SIGINT and loops until the KeyboardInterrupt: an exception
+    raised inside a __del__ is printed and dropped ("Exception ignored in"), so the garbage
+    of earlier tests (a Popen's __del__) collected just as the signal lands would swallow it
+    and the loop would never end.  Collected now, and none until the caller's gc.enable()."""
+    gc.collect()
+    gc.disable()

@@ -6,6 +6,7 @@ import errno
 import fcntl
 import io
 import json
+import gc
 import os
 import re
 import resource
@@ -22,7 +23,7 @@ import time
 import pytest
 
 import snapshot
-from conftest import WALKERS, LeaseHolder, Swapper, as_nobody, bind_twin, make_deep
+from conftest import WALKERS, LeaseHolder, Swapper, as_nobody, bind_twin, make_deep, no_collection_meanwhile
 from snapshot import cli
 from test_blocks import oracle, sha256
 from test_walker import inotify_opens, run_limited
@@ -696,12 +697,14 @@ def interrupt_once_files_are_read(call, dirs) -> float:
     t = threading.Thread(target=fire)
     t.start()
     try:
+        no_collection_meanwhile()
         with pytest.raises(KeyboardInterrupt):
             started.set()
             while True:
                 call()
         return time.monotonic() - sent[0]
     finally:
+        gc.enable()
         t.join()
         opens.close()
 

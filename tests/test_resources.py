@@ -1,5 +1,6 @@
 """Many calls leak neither file descriptors nor memory; Ctrl-C stops a long walk fast."""
 import functools
+import gc
 import os
 import signal
 import statistics
@@ -9,6 +10,7 @@ import time
 import pytest
 
 import snapshot
+from conftest import no_collection_meanwhile
 from snapshot import _pydu, _size
 
 pytestmark = pytest.mark.usefixtures("walker")
@@ -152,6 +154,7 @@ def test_ctrl_c_interrupts_a_long_walk_quickly(what, large_tree, big_directory, 
     fds, tasks = open_fds(), threads_now()
     latencies = []
     try:
+        no_collection_meanwhile()
         for delay in (0.05, 0.13, 0.21):
             sent = []
 
@@ -167,6 +170,7 @@ def test_ctrl_c_interrupts_a_long_walk_quickly(what, large_tree, big_directory, 
             latencies.append(time.monotonic() - sent[0])
             t.join()
     finally:
+        gc.enable()
         signal.signal(signal.SIGINT, old)
     # Under ASan (with PYTHONMALLOC=malloc) everything runs several times slower; that run
     # checks the interrupt path for memory errors, the normal run checks the 0.1 s (the
