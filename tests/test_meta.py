@@ -1,5 +1,6 @@
 """rootfs.meta: Go's json.Marshal bytes on write, Go's json.Unmarshal rules on read."""
 import copy
+import errno
 import json
 import os
 import pathlib
@@ -323,6 +324,27 @@ def test_symlink_to_a_zero_device_is_refused_not_read(snap, tmp_path):
     assert r.stdout == "MetaError is a symbolic link, not a regular file\n", r.stderr[-500:]
     os.unlink(snapshot.meta_path(snap, "vm"))
     os.mknod(snapshot.meta_path(snap, "vm"), stat.S_IFCHR | 0o666, os.makedev(1, 5))
+    with pytest.raises(MetaError, match="is a character device, not a regular file"):
+        read_meta(snap, "vm")
+
+
+def unregistered_char_major() -> int:
+    """A character device major number no driver has registered here: opening such a node fails with
+    ENXIO, so a refusal that names its type proves it was never opened."""
+    with open("/proc/devices") as f:
+        text = f.read().split("Block devices:")[0]
+    used = {int(line.split()[0]) for line in text.splitlines() if line.strip()[:1].isdigit()}
+    return next(m for m in range(254, 199, -1) if m not in used)
+
+
+def test_a_device_node_is_refused_without_being_opened(snap):
+    """Opening a device runs its driver (a tape rewinds, a modem hangs up): read_meta must look first."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mknod a character device")
+    os.mknod(snapshot.meta_path(snap, "vm"), stat.S_IFCHR | 0o600, os.makedev(unregistered_char_major(), 0))
+    with pytest.raises(OSError) as e:
+        os.close(os.open(snapshot.meta_path(snap, "vm"), os.O_RDONLY | os.O_NONBLOCK))
+    assert e.value.errno == errno.ENXIO  # the premise: opening it reaches the (missing) driver
     with pytest.raises(MetaError, match="is a character device, not a regular file"):
         read_meta(snap, "vm")
 

@@ -494,6 +494,54 @@ def test_a_failed_thread_start_is_eagain_and_leaves_nothing(arena, walker, what)
     assert as_nobody(with_room_for, 3, call, cwd_fd=fd, uid=NPROC_UID) == (None, 0, True)
 
 
+def test_auto_growth_at_a_thread_limit_goes_on_with_the_threads_it_has(arena):
+    """workers=None (the default) starts threads only while they help: one it cannot start (RLIMIT_NPROC, a
+    container's pids.max) is no reason to fail the walk, as it is for an explicit workers=N."""
+    needs_root("lowers RLIMIT_NPROC as an unprivileged user (root is not held to it)")
+    path, fd = arena
+    for i in range(400):  # 4,000 files: longer than the millisecond before the crew grows
+        d = path / "tree" / f"d{i}"
+        d.mkdir(parents=True)
+        (path / "base" / f"vm{i}").mkdir(parents=True)
+        for j in range(10):
+            (d / f"f{j}").write_bytes(b"")
+    calls = {"usage": lambda: snapshot.usage("tree").files, "dir_sizes": lambda: len(snapshot.dir_sizes("base"))}
+    for what, call in calls.items():
+        results = as_nobody(lambda: [with_room_for(0, call)[0] for _ in range(5)], cwd_fd=fd, uid=NPROC_UID)
+        assert results == [None] * 5, (what, results)
+        assert as_nobody(with_room_for, 0, lambda: snapshot.usage("tree", workers=2), cwd_fd=fd,
+                         uid=NPROC_UID) == (errno.EAGAIN, 0, True)
+
+
+def test_many_workers_under_a_low_descriptor_limit_walk_everything(tmp_path):
+    """Each thread holds a few descriptors beyond the walk's budget (a file job's, a reopen chain's,
+    rootfs.meta read ahead): under a low RLIMIT_NOFILE the crew is made smaller, never an EMFILE."""
+    root = tmp_path / "deep"
+    root.mkdir()
+    allocated, files, dirs = make_deep(os.fsencode(root), 300)
+    base = tmp_path / "base"
+    for i in range(300):
+        (base / f"vm{i}").mkdir(parents=True)
+        (base / f"vm{i}" / "rootfs.meta").write_text('{"base_template":"t","vcpus":1}')
+    out = run_limited(textwrap.dedent(f"""
+        import os, snapshot
+        from snapshot import _size
+        fds = len(os.listdir("/proc/self/fd"))
+        bad = []
+        for workers in (4, 16, 10 ** 6):
+            for _ in range(10):
+                u = snapshot.usage({str(root)!r}, workers=workers)
+                z = snapshot.scan_blocks({str(root)!r}, workers=workers)
+                names, walked, _ = _size.snapshot_walks({str(base)!r}, workers=workers)
+                if (u.allocated, u.files, u.dirs) != ({allocated}, {files}, {dirs}) or z.files != {files}:
+                    bad.append((workers, u, z))
+                bad += [(workers, w.error, w.errors, w.failures, w.meta) for w in walked
+                        if w.error or w.errors or w.failures or w.meta != b'{{"base_template":"t","vcpus":1}}']
+        print(len(bad), bad[:3], len(os.listdir("/proc/self/fd")) - fds)
+    """), 24)
+    assert out == "0 [] 0\n", out
+
+
 # ---- 7. no /proc ----------------------------------------------------------------------------------------
 
 NO_PROC = r"""

@@ -9,6 +9,7 @@ little while a long zero run is punched."""
 import contextlib
 import os
 import pydoc
+import shutil
 import signal
 import statistics
 import subprocess
@@ -19,6 +20,7 @@ import time
 import pytest
 
 import snapshot
+from conftest import loop_mount
 from snapshot import cli_sparsify
 from test_blocks import allocated, assert_same, impl, mixed_file, sparse_copy  # noqa: F401 (impl: a fixture)
 from test_sparsify_cli import run
@@ -511,3 +513,220 @@ def test_an_opener_waits_little_while_a_long_zero_run_is_punched(big_tmpfs, tmp_
         assert (p.returncode, err) == (0, b"") or (p.returncode == 1 and b"another process opened it" in err), err
         assert_same(f, copy)
     assert statistics.median(waits) < 0.05, waits
+
+
+# ---- 9. the window between the last confirmation and the punch (the review's finding) -----------------------------
+
+def strace_or_skip():
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed (Debian: strace; .ci/run installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to set fs.lease-break-time")
+
+
+def leased_by(pid, path) -> bool:
+    """Whether /proc/locks lists a lease of process *pid* on *path*'s inode."""
+    ino = os.stat(path).st_ino
+    with open("/proc/locks") as f:
+        return any(" LEASE " in line and f" {pid} " in line and line.split()[5].endswith(f":{ino}") for line in f)
+
+
+def open_and_write(path, at, data):
+    """Open *path* for writing (waiting out any lease), write *data* at *at*, sync; the seconds the open took."""
+    t = time.monotonic()
+    fd = os.open(path, os.O_RDWR)
+    waited = time.monotonic() - t
+    try:
+        os.pwrite(fd, data, at)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return waited
+
+
+# The command, bound to an implementation, waiting for a line on stdin before it starts: strace attaches
+# meanwhile, so that its delays slow the run, not the interpreter's start.
+_WAITING_CLI = _CLI.replace("sys.exit(", "import ctypes\nprint('ready', flush=True)\nsys.stdin.readline()\nsys.exit(")
+
+# Per implementation: MiB of zeros before the data, and each pread's delay (s).  The scan reads 1 MiB a
+# call; the re-read of a stale run reads 64 KiB a call compiled, 1 MiB in Python: both must outlast the
+# opener's wait (lease-break-time, 1 s) with room to spare.
+STALL = {"compiled": (2, 0.2), "python": (8, 0.3)}
+
+
+@pytest.mark.parametrize("which", ["compiled", "python"])
+def test_a_write_made_while_a_stale_run_is_read_again_is_never_punched(tmp_path, which):
+    """Every pread slowed (strace): the zero run is stale when its end is reached, and read again.  An opener
+    comes once that re-read has passed offset 0; the kernel revokes the lease 1 s later and lets it write W's
+    there, while the re-read goes on.  The lease must be confirmed after the re-read, not before it: the file
+    is then stopped (exit 1) and the W's stay."""
+    strace_or_skip()
+    mib, delay = STALL[which]
+    f = write_zeros(tmp_path / "memory-ranges", mib * MIB, b"D" * K)
+    trace = tmp_path / "trace"
+    with sysctl("fs.lease-break-time", 1):
+        p = subprocess.Popen([sys.executable, "-c", _WAITING_CLI, which, "-j", "1", str(f)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert p.stdout.readline() == b"ready\n"
+            s = subprocess.Popen(["strace", "-f", "-p", str(p.pid), "-o", str(trace), "-e", "trace=pread64",
+                                  "-e", f"inject=pread64:delay_exit={int(delay * 1e6)}"],
+                                 stderr=subprocess.PIPE, text=True)
+            while "attached" not in s.stderr.readline():
+                pass
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
+            # The scan's mib + 1 reads, then the re-read's first: offset 0 is behind it.
+            while p.poll() is None and trace.read_text().count("pread64(") < mib + 2:
+                time.sleep(0.01)
+            assert p.poll() is None, p.communicate()
+            waited = open_and_write(f, 0, b"W" * K)
+            assert waited > 0.5, f"the opener was let in after {waited:.2f} s: the run held no lease then"
+            out, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            s.wait(timeout=30)
+    with open(f, "rb") as h:
+        assert h.read(K) == b"W" * K, "the write made during the re-read was punched away"
+    assert p.returncode == 1 and b"another process opened it" in err, (out, err)
+
+
+@pytest.mark.parametrize("which", ["compiled", "python"])
+def test_a_punch_that_outlasts_the_lease_break_is_reported(tmp_path, which):
+    """The fallocate itself held up 1.5 s (strace), past lease-break-time (1 s), while an opener waits: the
+    kernel lets it write before the punch runs.  Nothing can take that punch back, but it must not pass in
+    silence: the file is named, exit status 1."""
+    strace_or_skip()
+    f = write_zeros(tmp_path / "memory-ranges", 64 * K, b"D" * K)
+    trace = tmp_path / "trace"
+    with sysctl("fs.lease-break-time", 1):
+        p = subprocess.Popen(["strace", "-f", "-o", str(trace), "-e", "trace=fallocate",
+                              "-e", "inject=fallocate:delay_enter=1500000", *sparsify_cmd(which, "-j", "1", f)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            while p.poll() is None and not leased_by_any_child(p.pid, f):
+                time.sleep(0.005)
+            time.sleep(0.3)  # the scan of 68 KiB is long done: it waits in the fallocate
+            waited = open_and_write(f, 0, b"W" * K)
+            assert waited > 0.5, f"the opener was let in after {waited:.2f} s: the run held no lease then"
+            out, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert p.returncode == 1, (out, err)
+    assert b"may have been punched away" in err and str(f).encode() in err, err
+
+
+def leased_by_any_child(pid, path) -> bool:
+    """Whether a process under *pid* (strace's child) holds a lease on *path*."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as h:
+            kids = [int(k) for k in h.read().split()]
+    except OSError:
+        return False
+    return any(leased_by(k, path) for k in kids)
+
+
+# ---- 10. btrfs: leases named by inode number alone ----------------------------------------------------------------
+
+def test_btrfs_subvolumes_sparsified_at_once_do_not_refuse_each_other(impl, btrfs, tmp_path):
+    """Every snapshot a subvolume: their memory-ranges all have inode 257, and /proc/locks names btrfs leases
+    by the superblock's device, not the subvolume's.  Four threads punching four of them hold four leases on
+    'inode 257': a file must not be refused for this process's own lease on another subvolume's file."""
+    base = btrfs / "base"
+    base.mkdir()
+    files = []
+    for i in range(4):
+        subprocess.run(["btrfs", "subvolume", "create", str(base / f"vm{i}")], check=True, capture_output=True)
+        files.append(write_zeros(base / f"vm{i}" / "memory-ranges", 24 * MIB, b"D" * K))
+    assert len({os.stat(f).st_ino for f in files}) == 1  # the premise: one inode number, four devices
+    copies = [sparse_copy(f, tmp_path / f"copy{i}") for i, f in enumerate(files)]
+    done = snapshot.sparsify(base, workers=4)
+    assert done.files == 4 and done.punched == 4 * 24 * MIB
+    for f, c in zip(files, copies):
+        assert_same(f, c)
+
+
+def test_the_lease_table_names_other_processes_inode_numbers_only():
+    """For btrfs, where the inode number alone decides: this process's own leases do not count."""
+    from snapshot import _leases
+    text = (f"1: LEASE  ACTIVE    WRITE {os.getpid()} 00:2d:257 0 EOF\n"
+            f"2: LEASE  BREAKING  READ  {os.getpid() + 1} 00:2d:300 0 EOF\n"
+            "3: POSIX  ADVISORY  WRITE 77 00:2d:400 0 EOF\n").encode()
+    table = _leases.Leases(text)
+    assert table.keys == {(os.makedev(0, 0x2D), 257), (os.makedev(0, 0x2D), 300)}
+    assert table.inos == {300}
+
+
+# ---- 11. the allocation unit when the directory's size says nothing ------------------------------------------------
+
+@pytest.fixture
+def inline_ext4(tmp_path):
+    """A loop-mounted ext4 with inline data: a small directory holds its entries in its inode (no blocks)."""
+    with loop_mount(tmp_path, "ext4", ["-b", "4096", "-O", "inline_data"], 128 << 20, "e2fsprogs") as where:
+        yield where
+
+
+def striped(path, mib=8):
+    """*mib* MiB: 4 KiB of data and 4 KiB of written zeros in turn."""
+    with open(path, "wb") as h:
+        h.write((b"d" * K + bytes(K)) * (mib * MIB // (2 * K)))
+        os.fsync(h.fileno())
+    return path
+
+
+def test_a_file_in_an_inline_data_directory_is_punched_by_the_block(impl, inline_ext4, tmp_path):
+    d = inline_ext4 / "vm"
+    d.mkdir()
+    f = striped(d / "memory-ranges")
+    assert os.stat(d).st_blocks == 0  # the premise: the directory tells no allocation unit
+    copy = sparse_copy(f, tmp_path / "copy")
+    assert snapshot.sparsify(f, dry_run=True).punched == 4 * MIB
+    done = snapshot.sparsify(d)
+    assert done.punched == 4 * MIB  # (the extent tree grows by a few blocks: 1024 extents now)
+    assert 4 * MIB - 64 * K <= done.allocated_before - done.allocated_after <= 4 * MIB
+    assert_same(f, copy)
+
+
+def test_a_file_bind_mounted_from_another_ext4_is_punched_by_the_block(impl, tmp_path):
+    """Its directory is on another filesystem, so its size tells nothing of the file's."""
+    with loop_mount(tmp_path, "ext4", ["-b", "4096"], 64 << 20, "e2fsprogs") as ext4:
+        f = striped(ext4 / "memory-ranges")
+        seen = tmp_path / "elsewhere"
+        seen.mkdir()
+        target = seen / "memory-ranges"
+        target.write_bytes(b"")
+        subprocess.run(["mount", "--bind", str(f), str(target)], check=True)
+        try:
+            assert os.stat(target).st_dev != os.stat(seen).st_dev  # the premise
+            copy = sparse_copy(f, tmp_path / "copy")
+            assert snapshot.sparsify(target, dry_run=True).punched == 4 * MIB
+            assert snapshot.sparsify(target).punched == 4 * MIB
+            assert_same(f, copy)
+        finally:
+            subprocess.run(["umount", str(target)], check=True)
+
+
+def test_bigalloc_dry_run_counts_clusters_only_partly_mapped_whole(impl, bigalloc, tmp_path):
+    """A 4 KiB block of zeros at the start of each of 32 clusters, the rest of each a hole: each cluster is
+    allocated whole (st_blocks says 64 KiB each), and punching its one block frees it whole."""
+    f = bigalloc / "vm" / "memory-ranges"
+    f.parent.mkdir()
+    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        for i in range(32):
+            os.pwrite(fd, bytes(K), i * CLUSTER)
+        os.pwrite(fd, b"D" * K, 32 * CLUSTER)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    before = allocated(f)
+    assert before >= 33 * CLUSTER  # the premise (and a cluster of extent tree, with 33 extents)
+    dry = snapshot.sparsify(f, dry_run=True)
+    real = snapshot.sparsify(f)
+    assert real.allocated_before - real.allocated_after == before - allocated(f) == 32 * CLUSTER
+    assert dry.punched == real.punched == 32 * CLUSTER
+    assert dry.allocated_after == real.allocated_after

@@ -22,6 +22,7 @@ cdef int UNCHECKED = _codes.UNCHECKED
 cdef int STOPPED = _codes.STOPPED
 cdef int FAILED = _codes.FAILED
 cdef int UNSAFE_FS = _codes.UNSAFE_FS
+cdef int EXPIRED = _codes.EXPIRED
 cdef int NO_PROC = _codes.NO_PROC
 
 cdef int64_t META_MAX = _codes.META_READ_MAX

@@ -69,9 +69,11 @@ static inline long snap_getl(long *p) { return __atomic_load_n(p, __ATOMIC_ACQUI
 static inline int snap_add(int *p, int v) { return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL); }
 static inline int snap_get(int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void snap_set(int *p) { __atomic_store_n(p, 1, __ATOMIC_RELEASE); }
+static inline void snap_put(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void snap_add64(int64_t *p, int64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 static inline int64_t snap_get64(int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline size_t snap_getz(size_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void snap_setz(size_t *p, size_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline void snap_set64(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 /* Sequentially consistent: a sleeper's count and the epoch of pushes (see _walk.pxi, wake). */
 static inline long snap_bump(long *p) { return __atomic_add_fetch(p, 1, __ATOMIC_SEQ_CST); }

@@ -29,6 +29,9 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_broadcast(pthread_cond_t *c)
     int pthread_cond_signal(pthread_cond_t *c)
 
+cdef extern from "<unistd.h>" nogil:
+    int getpid()
+
 ctypedef void *(*start_fn)(void *) noexcept nogil
 
 cdef extern from "_csys.h" nogil:
@@ -86,9 +89,11 @@ cdef extern from "_csys.h" nogil:
     int snap_add(int *p, int v)
     int snap_get(int *p)
     void snap_set(int *p)
+    void snap_put(int *p, int v)
     void snap_add64(int64_t *p, int64_t v)
     int64_t snap_get64(int64_t *p)
     size_t snap_getz(size_t *p)
+    void snap_setz(size_t *p, size_t v)
     void snap_set64(int64_t *p, int64_t v)
     long snap_bump(long *p)
     long snap_getl_sc(long *p)

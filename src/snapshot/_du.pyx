@@ -28,9 +28,9 @@ takes from the C headers.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pythread cimport PyThread_get_thread_ident
-from libc.errno cimport (EAGAIN, EINTR, EINVAL, EISDIR, ELOOP, EMFILE, ENFILE, ENOENT, ENOMEM, ENOTDIR, ENOTTY,
-                         ENXIO, EOPNOTSUPP, ESTALE)
-from libc.stdlib cimport calloc, free, malloc, realloc, strtoul, strtoull
+from libc.errno cimport (EACCES, EAGAIN, EINTR, EINVAL, EISDIR, ELOOP, EMFILE, ENFILE, ENOENT, ENOMEM, ENOTDIR,
+                         ENOTTY, ENXIO, EOPNOTSUPP, EPERM, ESTALE, ETIME)
+from libc.stdlib cimport calloc, free, malloc, realloc, strtol, strtoul, strtoull
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strcmp, strdup, strlen, strndup, strrchr, strstr
 from posix.stat cimport S_IFDIR, S_IFLNK, S_IFMT, S_IFREG
 
@@ -108,10 +108,20 @@ cdef void _count_cpus():
 
 
 def thread_cap():
-    """The most threads a call starts: THREADS_PER_CPU per usable CPU, at most MAX_THREADS.
-    More only contend for the same CPUs and the same directories' locks."""
+    """The most threads a call starts: THREADS_PER_CPU per usable CPU, at most MAX_THREADS,
+    and one per 16 descriptors RLIMIT_NOFILE allows (fd_threads).  More only contend for
+    the same CPUs and the same directories' locks."""
     _count_cpus()
-    return _cap
+    return min(_cap, fd_threads())
+
+
+cdef int fd_threads() noexcept nogil:
+    """The most threads RLIMIT_NOFILE leaves room for: beyond its directories (fd_budget),
+    a thread holds up to about 16 descriptors at once (a late-opened directory, a reopen
+    chain, a file job's two, /proc/locks, rootfs.meta read ahead), and at a low limit
+    (a service's, a container's) more threads would only fail with EMFILE."""
+    cdef long n = snap_nofile() // 16
+    return 1 if n < 1 else (<int>n if n < 65536 else 65536)
 
 
 cdef int fd_budget(int walks) noexcept nogil:
@@ -175,9 +185,9 @@ cdef int _batch_init(Batch *b, list paths, int flags, int workers, int blocks) e
     b.flags = flags
     b.blocks = blocks
     b.cpus = _cpus
-    b.cap = _cap
+    b.cap = min(_cap, fd_threads())
     b.auto_grow = workers == 0
-    b.maxw = _cap if workers == 0 else max(1, min(workers, _cap))
+    b.maxw = b.cap if workers == 0 else max(1, min(workers, b.cap))
     b.budget = fd_budget(b.maxw)
     b.stop_after = b.n
     b.base_fd = AT_FDCWD
@@ -341,8 +351,10 @@ def walk(list paths, int flags, int workers=0, *, int blocks=0, int block_size=4
     at most thread_cap().  *blocks*: the file job every regular file gets (SCAN with
     *block_size*, PUNCH or DRY_RUN; *force* punches where no lease can check).  RECORDS:
     Walked.records down to *max_depth*.  *exclude*: du's --exclude patterns (bytes).
-    *progress*: counters the file jobs add to.  With *stop_on_error*, the paths after the
-    first one whose walk failed are left out (None), as a loop would leave them.  With
+    *progress*: counters the file jobs add to.  With *stop_on_error*, no path is started
+    after the first failure: those not yet started are left out (None); those other
+    threads had already started are finished and returned (a loop would not have walked
+    them).  With
     *base* (the fleet), *paths* are names in that directory, each opened relative to its
     descriptor (one path component, not the whole path again); messages say base/name.
     KeyboardInterrupt stops every thread; it propagates before any result is built."""
@@ -702,6 +714,7 @@ cdef class DataRanges:
         r.runs = <int64_t *>malloc(2 * limit * sizeof(int64_t))
         if r.runs == NULL:
             raise MemoryError()
+        self.b.cancel = self.b.interrupted = 0  # an interrupted batch is taken again from its start
         try:
             if err == 0:
                 with nogil:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 
-from ._codes import BUSY, LEASED, NO_PROC, STOPPED, UNCHECKED, UNSAFE_FILESYSTEMS, UNSAFE_FS
+from ._codes import BUSY, EXPIRED, LEASED, NO_PROC, STOPPED, UNCHECKED, UNSAFE_FILESYSTEMS, UNSAFE_FS
 
 
 class MetaError(ValueError):
@@ -67,6 +67,10 @@ def file_error(status: int, err: int, path, f_type: int = 0, force: str = FORCE_
     if status == STOPPED:
         return BlockingIOError(_errno.EAGAIN, "another process opened it while it was sparsified; stopped "
                                               "(only zero blocks were punched)", name)
+    if status == EXPIRED:
+        return OSError(_errno.ETIME, "another process opened it while a punch was under way, and the punch outlasted "
+                                     "half of lease-break-time (this process was stopped or starved): a write it "
+                                     "made meanwhile may have been punched away; check the file", name)
     if status == UNCHECKED:
         return OSError(err, f"cannot check that no other process has it open (F_SETLEASE: {os.strerror(err)}); "
                             f"{force} skips the check", name)

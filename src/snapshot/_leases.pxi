@@ -13,7 +13,7 @@ cdef uint64_t ANY_DEV = 0xFFFFFFFFFFFFFFFFULL
 
 cdef struct LeaseSet:
     InodeSet keys   # (st_dev, st_ino) of every leased file
-    InodeSet inos   # (ANY_DEV, st_ino): for btrfs, whose st_dev is not its superblock's
+    InodeSet inos   # (ANY_DEV, st_ino) leased by other processes: for btrfs (see lease_held)
 
 
 cdef void leases_free(LeaseSet *s) noexcept nogil:
@@ -68,6 +68,7 @@ cdef int leases_parse(LeaseSet *s, char *text, size_t n) noexcept nogil:
     cdef unsigned long major, minor
     cdef uint64_t ino
     cdef int leased
+    cdef long pid, me = getpid()
     while line < end:
         nl = <char *>memchr(line, b'\n', end - line)
         if nl == NULL:
@@ -75,17 +76,28 @@ cdef int leases_parse(LeaseSet *s, char *text, size_t n) noexcept nogil:
         nl[0] = 0
         leased = strstr(line, b" LEASE ") != NULL or strstr(line, b" DELEG ") != NULL
         tok = line
+        pid = -1  # the holder's pid is the field just before MAJOR:MINOR:INODE
         while leased and tok < nl:
             while tok < nl and tok[0] == b' ':
                 tok += 1
             if parse_dev_ino(tok, &major, &minor, &ino):
-                if inode_add(&s.keys, makedev(major, minor), ino) < 0 or inode_add(&s.inos, ANY_DEV, ino) < 0:
+                if inode_add(&s.keys, makedev(major, minor), ino) < 0:
+                    return ENOMEM
+                if pid != me and inode_add(&s.inos, ANY_DEV, ino) < 0:
                     return ENOMEM
                 break
+            pid = parse_pid(tok)
             while tok < nl and tok[0] != b' ':
                 tok += 1
         line = nl + 1
     return 0
+
+
+cdef long parse_pid(const char *tok) noexcept nogil:
+    """A decimal field ended by a space, or -1."""
+    cdef char *p
+    cdef long v = strtol(tok, &p, 10)
+    return v if p != tok and p[0] == b' ' and tok[0] != b'-' else -1
 
 
 cdef int parse_dev_ino(const char *tok, unsigned long *major, unsigned long *minor, uint64_t *ino) noexcept nogil:
@@ -104,9 +116,14 @@ cdef int parse_dev_ino(const char *tok, unsigned long *major, unsigned long *min
 
 
 cdef int lease_held(LeaseSet *s, const struct_stat *st, int fd) noexcept nogil:
-    """1 if another process (or this one, elsewhere) holds a lease on the file *fd*, whose
-    stat is *st*.  On btrfs the inode number alone decides: /proc/locks names the
-    superblock's device, which btrfs does not report as st_dev."""
-    if s.inos.used == 0 or not inode_has(&s.inos, ANY_DEV, st.st_ino):
+    """1 if a lease is held on the file *fd*, whose stat is *st*.  On btrfs the inode
+    number alone decides (/proc/locks names the superblock's device, which btrfs does not
+    report as st_dev: each subvolume has its own), erring on the side of leaving the file
+    alone; there, this process's own leases are not counted, or a walk's leases on one
+    subvolume's inode 257 would refuse every other subvolume's (this batch holds at most one
+    lease per file, and the caller's own leases are not another process's)."""
+    if s.keys.used == 0:
         return 0
-    return inode_has(&s.keys, st.st_dev, st.st_ino) or snap_fs_type(fd) == BTRFS_SUPER_MAGIC
+    if inode_has(&s.keys, st.st_dev, st.st_ino):
+        return 1
+    return inode_has(&s.inos, ANY_DEV, st.st_ino) and snap_fs_type(fd) == BTRFS_SUPER_MAGIC

@@ -201,15 +201,11 @@ def read_raw(name, dir_fd=None):
     or (errno, 0, 0) if it cannot be read, or (0, st_mode, st_size) if it is
     refused.  The compiled fleet walk (_du.read_meta_file) gives the same."""
     try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        fd = _open_regular(name, dir_fd)
     except OSError as e:
-        if e.errno == errno.ELOOP:  # O_NOFOLLOW: is the file itself a symlink?
-            try:
-                if stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
-                    return (0, stat.S_IFLNK, 0)
-            except OSError:
-                pass
         return (e.errno or errno.EIO, 0, 0)
+    if isinstance(fd, os.stat_result):
+        return (0, fd.st_mode, fd.st_size)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_META_SIZE:
@@ -222,6 +218,32 @@ def read_raw(name, dir_fd=None):
         return (e.errno or errno.EIO, 0, 0)
     finally:
         os.close(fd)
+
+
+def _open_regular(name, dir_fd):
+    """The file opened for reading if it is a regular file, else its stat: a device is
+    never opened (its driver's open could act: rewind a tape, hang up a line).  It is
+    looked at through an O_PATH descriptor, which opens nothing, and that very inode is
+    then opened through /proc/self/fd; without /proc, by its name again, refused unless
+    it is still the same file."""
+    path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        st = os.fstat(path_fd)
+        if not stat.S_ISREG(st.st_mode):
+            return st
+        try:
+            return os.open(f"/proc/self/fd/{path_fd}", _READ_FLAGS & ~os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if os.path.isdir("/proc/self/fd"):
+                raise
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)  # replaced meanwhile
+        return fd
+    finally:
+        os.close(path_fd)
 
 
 def from_raw(path, raw) -> RootfsMeta:

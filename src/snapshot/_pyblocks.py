@@ -23,7 +23,7 @@ import os
 import stat
 import time
 
-from ._codes import (BUSY, CHUNK, DONE, DRY_RUN, FAILED, LEASED, PUNCH, PUNCH_PIECE, SCAN, STOPPED,
+from ._codes import (BUSY, CHUNK, DONE, DRY_RUN, EXPIRED, FAILED, LEASED, PUNCH, PUNCH_PIECE, SCAN, STOPPED,
                      UNCHECKED, UNSAFE_FILESYSTEMS, UNSAFE_FS)
 
 _ZEROS = bytes(CHUNK)
@@ -68,20 +68,19 @@ def fs_type(fd: int) -> int:
 _EXT4_MAGIC = 0xEF53
 
 
-def alloc_unit(fd: int, dir_alloc: int) -> int:
-    """The allocation unit to punch in: the filesystem's block, or on ext4 a cluster (the
-    largest power of two dividing the file's and its directory's allocated sizes, if larger
-    than the block).  See _zero.pxi, alloc_unit, for why."""
+def alloc_unit(fd: int, dir_alloc: int) -> tuple:
+    """(unit, block): the allocation unit to punch in, the filesystem's block or on ext4 a
+    cluster (the largest power of two dividing the file's and its directory's allocated
+    sizes, if larger than the block; the block when the directory's is unknown, 0), and the
+    block.  See _zero.pxi, alloc_unit, for why."""
     block = os.fstatvfs(fd).f_bsize or 4096
     st = os.fstat(fd)
-    if fs_type(fd) != _EXT4_MAGIC or not st.st_blocks:
-        return block
-    g = st.st_blocks * 512
-    if dir_alloc > 0:
-        import math
-        g = math.gcd(g, dir_alloc)
+    if fs_type(fd) != _EXT4_MAGIC or not st.st_blocks or dir_alloc <= 0:
+        return block, block
+    import math
+    g = math.gcd(st.st_blocks * 512, dir_alloc)
     g &= -g  # its largest power-of-two divisor
-    return max(block, min(g, 1 << 28))
+    return max(block, min(g, 1 << 28)), block
 
 
 def dir_alloc(dir_fd, name: bytes, st: os.stat_result) -> int:
@@ -224,6 +223,10 @@ class _Stopped(Exception):
     """The lease broke: another process is opening the file."""
 
 
+class _Expired(Exception):
+    """The lease broke while a punch took half of lease-break-time: see _codes.EXPIRED."""
+
+
 def _fallocate():
     import ctypes  # only here: os has no fallocate that punches, and ctypes costs start-up time
     libc = ctypes.CDLL(None, use_errno=True)
@@ -250,13 +253,16 @@ class _Punch:
     read, so an opener waits for one chunk or one piece at most; a run read longer ago than
     a fraction of lease-break-time is read again before it is punched."""
 
-    def __init__(self, fd: int, size: int, unit: int, dry_run: bool, leased: bool, progress=None) -> None:
+    def __init__(self, fd: int, size: int, unit: int, block: int, dry_run: bool, leased: bool,
+                 progress=None) -> None:
         self.fd, self.size, self.unit, self.dry_run, self.leased = fd, size, unit, dry_run, leased
+        self.whole = unit > block  # a cluster (ext4 bigalloc): freed whole, see _zero.pxi, punch_block
         self.progress = progress
         self.do_punch = None if dry_run else _fallocate()
-        self.stale_after = lease_break_time() / REREAD_FRACTION
+        self.break_time = lease_break_time()
+        self.stale_after = self.break_time / REREAD_FRACTION
         self.punched = self.calls = 0
-        self.stopped = False
+        self.stopped = self.expired = False
         self.pending = None  # [start, end, zero bytes in it, when its first unit was read]
 
     def run(self) -> None:
@@ -271,10 +277,12 @@ class _Punch:
                 if self.pending is None:
                     self.pending = [bs, bs + unit, 0, time.monotonic()]
                 self.pending[1] = bs + unit  # over any hole since the last zero unit: one call
-                self.pending[2] += allocated
+                self.pending[2] += unit if self.whole else allocated
             self._flush()
         except _Stopped:
             self.stopped = True
+        except _Expired:
+            self.expired = True
 
     def _each_chunk(self, n: int) -> None:
         if self.progress is not None:
@@ -290,8 +298,6 @@ class _Punch:
         if self.dry_run:
             self.punched += zero
             return
-        if self.leased and not lease_held(self.fd):
-            raise _Stopped
         if time.monotonic() - read_at > self.stale_after and not _still_zero(self.fd, start, end):
             return  # changed since it was read (only possible without a lease): left alone
         # Never past the current end of the file, but for the rest of its last unit (beyond
@@ -300,11 +306,16 @@ class _Punch:
         end = min(end, -(-size // self.unit) * self.unit)
         if end <= start:
             return
+        confirmed = time.monotonic()  # the last confirmation: only the punch comes after it
+        if self.leased and not lease_held(self.fd):
+            raise _Stopped
         self.do_punch(self.fd, start, end - start)
         self.calls += 1
         self.punched += zero
         if self.progress is not None:
             self.progress.add(0, zero)
+        if self.leased and time.monotonic() - confirmed >= self.break_time / 2 and not lease_held(self.fd):
+            raise _Expired  # its opener may have waited out the break while we punched
 
 
 def _still_zero(fd: int, start: int, end: int) -> bool:
@@ -399,7 +410,7 @@ def _job_on(fd: int, mode: int, block: int, force: bool, progress, dir_allocated
         if err and not force:
             return (UNCHECKED, err, kind, 0, 0, 0, 0, 0)
         leased = not err
-    p = _Punch(fd, st.st_size, alloc_unit(fd, dir_allocated), mode == DRY_RUN, leased, progress)
+    p = _Punch(fd, st.st_size, *alloc_unit(fd, dir_allocated), mode == DRY_RUN, leased, progress)
     try:
         p.run()
     except OSError as e:
@@ -408,6 +419,8 @@ def _job_on(fd: int, mode: int, block: int, force: bool, progress, dir_allocated
         if leased:
             release_lease(fd)
     after = before - p.punched if mode == DRY_RUN else os.fstat(fd).st_blocks * 512
+    if p.expired:
+        return (EXPIRED, errno.ETIME, kind, 0, 0, p.punched, before, after)
     if p.stopped:
         return (STOPPED, errno.EAGAIN, kind, 0, 0, p.punched, before, after)
     return (DONE, 0, kind, 0, 0, p.punched, before, after)

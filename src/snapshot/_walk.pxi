@@ -343,7 +343,7 @@ cdef int stack_push(Stack *s, Item *items, size_t k) noexcept nogil:
         s.items = grown
         s.cap = s.n + k + s.cap + 64
     memcpy(s.items + s.n, items, k * sizeof(Item))
-    s.n += k
+    snap_setz(&s.n, s.n + k)  # atomic stores: stack_steal looks at n and bottom unlocked
     pthread_mutex_unlock(&s.lock)
     return 0
 
@@ -352,13 +352,18 @@ cdef int stack_pop(Stack *s, Item *out) noexcept nogil:
     cdef int got = 0
     pthread_mutex_lock(&s.lock)
     if s.n > s.bottom:
-        s.n -= 1
+        snap_setz(&s.n, s.n - 1)
         out[0] = s.items[s.n]
         got = 1
         if s.n == s.bottom:
-            s.n = s.bottom = 0
+            stack_empty(s)
     pthread_mutex_unlock(&s.lock)
     return got
+
+
+cdef inline void stack_empty(Stack *s) noexcept nogil:
+    snap_setz(&s.n, 0)
+    snap_setz(&s.bottom, 0)
 
 
 cdef int stack_steal(Stack *s, Item *out) noexcept nogil:
@@ -368,10 +373,10 @@ cdef int stack_steal(Stack *s, Item *out) noexcept nogil:
     pthread_mutex_lock(&s.lock)
     if s.n > s.bottom:
         out[0] = s.items[s.bottom]
-        s.bottom += 1
+        snap_setz(&s.bottom, s.bottom + 1)
         got = 1
         if s.n == s.bottom:
-            s.n = s.bottom = 0
+            stack_empty(s)
     pthread_mutex_unlock(&s.lock)
     return got
 
@@ -565,8 +570,8 @@ cdef void maybe_grow(Worker *me) noexcept nogil:
     """workers=0: start one more thread if there is work waiting for it (see the top)."""
     cdef Batch *b = me.b
     cdef int64_t now
-    cdef int target, rc
-    if not b.auto_grow or snap_get(&b.nworkers) >= b.cap:
+    cdef int target
+    if not snap_get(&b.auto_grow) or snap_get(&b.nworkers) >= b.cap:
         return
     now = snap_now_ns()
     if now - snap_get64(&b.last_grow) < GROW_EVERY_NS:
@@ -577,11 +582,10 @@ cdef void maybe_grow(Worker *me) noexcept nogil:
         snap_set64(&b.last_grow, now)
         if snap_getl(&b.queued) > 0 or roots_left(b):
             target = b.cap if io_bound(me, now) else b.cpus
-            if snap_get(&b.nworkers) < target:
-                rc = add_worker(b)
-                if rc != 0:
-                    b.thread_err = rc
-                    cancel(b)
+            if snap_get(&b.nworkers) < target and add_worker(b) != 0:
+                # Growing is optional: at a thread limit (RLIMIT_NPROC, a container's
+                # pids.max) the crew stays as it is, and the walk goes on.
+                snap_put(&b.auto_grow, 0)
     pthread_mutex_unlock(&b.crew.lock)
 
 
@@ -655,7 +659,7 @@ cdef void participate(Worker *me) noexcept nogil:
             finish_item(b)  # the item, or the path that needed none
         elif idle(me):
             break
-        if b.auto_grow:
+        if snap_get(&b.auto_grow):
             maybe_grow(me)
     meta_read_pending(me, me.npending)
 

@@ -11,10 +11,13 @@
 # every chunk read and immediately before every fallocate, so an opener waits for one chunk
 # or one punch of at most PUNCH_PIECE bytes, and a lease the kernel took back (the process
 # was stopped past lease-break-time) is seen before anything more is punched.  A run read
-# longer ago than a quarter of lease-break-time is read again before it is punched.  Only
-# whole allocation units are punched (a cluster on ext4 bigalloc): punching less frees
-# nothing and can grow the extent tree.  What remains is a stop of the process between the
-# last confirmation and the one fallocate call that follows it (README).
+# longer ago than a quarter of lease-break-time is read again (and the file's size taken)
+# before that last confirmation, so only the fallocate call lies between them.  An opener
+# waits lease-break-time from the break before its open returns: a punch that ends sooner
+# after the confirmation is safe; one that took longer (the process was stopped or starved
+# in it) while the lease broke is reported (EXPIRED), never silent.  Only whole allocation
+# units are punched (a cluster on ext4 bigalloc): punching less frees nothing and can grow
+# the extent tree.
 
 cdef extern from *:
     """
@@ -192,14 +195,17 @@ cdef struct PunchCtx:
     int dry_run
     int leased
     int64_t unit
+    int64_t block          # the filesystem's block (below unit only on ext4 bigalloc)
     int64_t pending_start  # -1: none
     int64_t pending_end
     int64_t pending_zero   # allocated bytes of the zero units in the pending run
     int64_t read_at        # when its first unit was read
     int64_t stale_ns       # a run read longer ago is read again before it is punched
+    int64_t break_ns       # lease-break-time
     int64_t punched
     int64_t calls
     int stopped
+    int expired
     int err
     char *reread           # REREAD_BYTES, allocated at the first re-read
 
@@ -229,7 +235,7 @@ cdef int still_zero(PunchCtx *c, int64_t start, int64_t end) noexcept nogil:
 
 cdef int flush_run(PunchCtx *c) noexcept nogil:
     """Punch the pending run; 1 to stop (a lease break, or an error in c.err)."""
-    cdef int64_t start = c.pending_start, end = c.pending_end, zero = c.pending_zero, limit
+    cdef int64_t start = c.pending_start, end = c.pending_end, zero = c.pending_zero, limit, confirmed
     cdef struct_stat st
     cdef int same
     c.pending_start = -1
@@ -239,9 +245,6 @@ cdef int flush_run(PunchCtx *c) noexcept nogil:
     if c.dry_run:
         c.punched += zero
         return 0
-    if c.leased and sys_fcntl(c.fd, F_GETLEASE, 0) != F_WRLCK:
-        c.stopped = 1  # another process is opening the file: let it have it now
-        return 1
     if snap_now_ns() - c.read_at > c.stale_ns:
         same = still_zero(c, start, end)
         if same < 0:
@@ -258,6 +261,10 @@ cdef int flush_run(PunchCtx *c) noexcept nogil:
         end = limit
     if end <= start:
         return 0
+    confirmed = snap_now_ns()  # before the confirmation: a break after it started later
+    if c.leased and sys_fcntl(c.fd, F_GETLEASE, 0) != F_WRLCK:
+        c.stopped = 1  # another process is opening the file: let it have it now
+        return 1
     if blk_punch(c.fd, start, end - start) != 0:
         c.err = snap_errno()
         return 1
@@ -265,6 +272,9 @@ cdef int flush_run(PunchCtx *c) noexcept nogil:
     c.punched += zero
     if c.me.b.progress != NULL:
         snap_add64(&c.me.b.progress.bytes_punched, zero)
+    if c.leased and snap_now_ns() - confirmed >= c.break_ns // 2 and sys_fcntl(c.fd, F_GETLEASE, 0) != F_WRLCK:
+        c.expired = 1  # its opener may have waited out the break while we punched
+        return 1
     return 0
 
 
@@ -279,13 +289,15 @@ cdef int punch_block(void *ctx, int64_t bs, int64_t allocated, int nonzero) noex
         c.pending_start = bs
         c.read_at = snap_now_ns()
     c.pending_end = bs + c.unit  # over any hole since the last zero unit: one call
-    c.pending_zero += allocated
+    # A zero unit larger than the block is a whole cluster (ext4 bigalloc), allocated and
+    # freed whole however few of its blocks SEEK_DATA reports mapped.
+    c.pending_zero += c.unit if c.unit > c.block else allocated
     return 0
 
 
 # ---- the job ---------------------------------------------------------------------------------
 
-cdef int64_t alloc_unit(int fd, const struct_stat *st, int64_t dir_alloc) noexcept nogil:
+cdef int64_t alloc_unit(int fd, const struct_stat *st, int64_t dir_alloc, int64_t *block) noexcept nogil:
     """The allocation unit to punch in: the filesystem's block, or on ext4 a cluster.
 
     ext4 bigalloc allocates clusters of several blocks, and punching less than one frees
@@ -294,17 +306,21 @@ cdef int64_t alloc_unit(int fd, const struct_stat *st, int64_t dir_alloc) noexce
     whole clusters: the file's and its directory's allocated sizes are multiples of it.  So
     the unit is the largest power of two dividing both, if larger than the block: exact for
     a directory of one block (a snapshot's), and never smaller than the cluster, so at worst
-    less is punched, never a piece of a cluster."""
+    less is punched, never a piece of a cluster.  Without the directory's size (an ext4
+    inline-data directory has no blocks; a bind-mounted file's directory is elsewhere) the
+    file's alone would say nothing (a dense 32 MiB file would make a 32 MiB unit, and nothing
+    would be punched): the block then, which on bigalloc punches some blocks that free no
+    cluster.  *block* is set to the filesystem's block."""
     cdef statfs s
     cdef uint64_t g, unit
+    block[0] = 4096
     if sys_fstatfs(fd, &s) != 0 or s.f_bsize <= 0:
         return 4096
     unit = <uint64_t>s.f_bsize
-    if s.f_type != EXT4_SUPER_MAGIC or st.st_blocks == 0:
+    block[0] = <int64_t>unit
+    if s.f_type != EXT4_SUPER_MAGIC or st.st_blocks == 0 or dir_alloc <= 0:
         return unit
-    g = <uint64_t>st.st_blocks * 512
-    if dir_alloc > 0:
-        g = gcd64(g, <uint64_t>dir_alloc)
+    g = gcd64(<uint64_t>st.st_blocks * 512, <uint64_t>dir_alloc)
     g = g & (~g + 1)  # its largest power-of-two divisor
     if g > unit:
         unit = g if g < (<uint64_t>1 << 28) else (<uint64_t>1 << 28)
@@ -383,9 +399,10 @@ cdef void punch_file(Worker *me, Job *job, int fd, const struct_stat *st, Totals
     c.fd = fd
     c.dry_run = job.blocks == DRY_RUN
     c.leased = leased
-    c.unit = alloc_unit(fd, st, job.dir_alloc)
+    c.unit = alloc_unit(fd, st, job.dir_alloc, &c.block)
     c.pending_start = -1
     c.stale_ns = w.b.lease_break_ns // REREAD_FRACTION
+    c.break_ns = w.b.lease_break_ns
     rc = each_block(me, fd, st.st_size, c.unit, 0, punch_block, &c, leased, &err)
     if rc == EACH_END and flush_run(&c):
         rc = EACH_STOP
@@ -400,9 +417,13 @@ cdef void punch_file(Worker *me, Job *job, int fd, const struct_stat *st, Totals
     else:
         t.after += before
     if leased:
+        # Its result is not needed: every punch was vouched for above, and a lease the
+        # kernel already took back (EAGAIN here) let its opener in after our last punch.
         sys_fcntl(fd, F_SETLEASE, F_UNLCK)
     free(c.reread)
-    if c.stopped:
+    if c.expired:
+        job_failed(w, EXPIRED, ETIME, fstype, job.dir, name)
+    elif c.stopped:
         job_failed(w, STOPPED, EAGAIN, fstype, job.dir, name)
     elif rc == EACH_ERROR or c.err:
         job_failed(w, FAILED, err or c.err, fstype, job.dir, name)
