@@ -9,9 +9,9 @@ import tempfile
 import snapshot
 
 assert snapshot.BACKEND == "openat", snapshot.BACKEND
-from snapshot import _blocks, _du  # noqa: E402  the compiled modules, from the wheel
+from snapshot import _du  # noqa: E402  the compiled module, from the wheel
 
-for m in (_du, _blocks, snapshot):
+for m in (_du, snapshot):
     assert os.path.realpath(m.__file__).startswith(os.path.realpath(sys.prefix)), m.__file__
 bindir = os.path.dirname(sys.executable)
 

@@ -79,7 +79,7 @@ def usage(path: Union[StrPath, bytes], *, workers: Optional[int] = None, count_l
           one_file_system: bool = False, shared_extents: bool = False) -> Usage:
     """Everything one walk of *path* finds; see Usage.
 
-    *workers* threads walk the one tree together (at most 4 per CPU); None lets the walk
+    *workers* threads walk the one tree together (at most 8 per CPU); None lets the walk
     start as many as help (one per CPU, more while they wait for the disk).  The result is
     the same whatever their number."""
     return to_usage(walk(path, workers=workers, count_links=count_links, one_file_system=one_file_system,

@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--dry-run", action="store_true", help="change nothing; print what would be freed")
     p.add_argument("--force", action="store_true",
                    help="punch files even where no lease can check that no other process has them open")
-    p.add_argument("-j", "--workers", type=int, metavar="N", help="files sparsified at once (default: all CPUs)")
+    p.add_argument("-j", "--workers", type=int, metavar="N",
+                   help="threads walking and sparsifying (default: as many as help, up to 8 per CPU)")
     p.add_argument("-h", "--human-readable", action="store_true", help="sizes in powers of 1024, as du -h")
     return p
 

@@ -44,7 +44,8 @@ class SnapshotCollector:
 
     *shared* (a bool) adds the reflink metrics (FIEMAP: snapshot_shared_bytes,
     snapshot_exclusive_bytes, snapshot_set_shared_bytes).  *workers*: threads, an
-    int or None for every CPU.  Wrong types are a TypeError when the collector is
+    int or None to let the walk start as many as help (one per CPU, more while they
+    wait for the disk).  Wrong types are a TypeError when the collector is
     made, as the functions raise them, not at every scrape.  A base that cannot be
     listed fails the scrape (the OSError propagates, so Prometheus sees the target
     fail); a snapshot that cannot be read (its walk or its rootfs.meta) stays
