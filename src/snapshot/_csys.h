@@ -87,6 +87,7 @@ static inline void snap_lower(long *p, long v) {
 }
 static inline void snap_set_errno(int e) { errno = e; }
 static inline int snap_errno(void) { return errno; }
+static inline long snap_gettid(void) { return (long)syscall(SYS_gettid); }
 
 /* ---- clocks ------------------------------------------------------------------------- */
 static inline int64_t snap_now_ns(void) {

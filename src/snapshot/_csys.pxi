@@ -102,6 +102,7 @@ cdef extern from "_csys.h" nogil:
     void snap_lower(long *p, long v)
     void snap_set_errno(int e)
     int snap_errno()
+    long snap_gettid()
 
     int64_t snap_now_ns()
     int64_t snap_thread_cpu_ns()

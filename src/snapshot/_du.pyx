@@ -35,7 +35,6 @@ from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strcmp, strdup
 from posix.stat cimport S_IFDIR, S_IFLNK, S_IFMT, S_IFREG
 
 import os
-import threading
 
 from snapshot._paths import CH_MEM_RANGES_FILE, ROOTFS_COW_NAME, ROOTFS_FILE_NAME, ROOTFS_META_NAME, name_bytes
 from snapshot._walked import Walked
@@ -80,12 +79,15 @@ CONSTANTS = {"F_SETLEASE": F_SETLEASE, "F_GETLEASE": F_GETLEASE, "F_SETSIG": F_S
              "F_WRLCK": F_WRLCK, "F_UNLCK": F_UNLCK, "FALLOC_FL_KEEP_SIZE": FALLOC_FL_KEEP_SIZE,
              "FALLOC_FL_PUNCH_HOLE": FALLOC_FL_PUNCH_HOLE, "SIGURG": SIGURG, "PROC_SUPER_MAGIC": PROC_SUPER_MAGIC}
 
-cdef unsigned long _main_ident = threading.main_thread().ident
-
-
 cdef inline int _in_main_thread() noexcept:
-    """Whether this is Python's main thread, the one that runs signal handlers."""
-    return PyThread_get_thread_ident() == _main_ident
+    """Whether this is Python's main thread, the one that runs signal handlers.  On Linux
+    it is the process's first thread, whose thread id is the process id (after a fork too):
+    asking the threading module would import it, 3-5 ms of every first call and of
+    snapshot-du's start-up.  An interpreter embedded in another thread asks it after all."""
+    if snap_gettid() == getpid():
+        return 1
+    import threading
+    return PyThread_get_thread_ident() == threading.main_thread().ident
 
 
 def fs_type(int fd):
