@@ -402,3 +402,33 @@ def no_collection_meanwhile() -> None:
     and the loop would never end.  Collected now, and none until the caller's gc.enable()."""
     gc.collect()
     gc.disable()
+
+
+def ctrl_c_latencies(call, delays=(0.05, 0.13, 0.21)) -> list:
+    """call() again and again while, after each delay, this process sends itself SIGINT: the
+    seconds from each signal to the KeyboardInterrupt (whatever a call's length, the signal
+    lands inside one)."""
+    import threading
+    import time
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    latencies = []
+    try:
+        no_collection_meanwhile()
+        for delay in delays:
+            sent = []
+
+            def fire():
+                time.sleep(delay)
+                sent.append(time.monotonic())
+                os.kill(os.getpid(), signal.SIGINT)
+            t = threading.Thread(target=fire)
+            t.start()
+            with pytest.raises(KeyboardInterrupt):
+                while True:
+                    call()
+            latencies.append(time.monotonic() - sent[0])
+            t.join()
+    finally:
+        gc.enable()
+        signal.signal(signal.SIGINT, old)
+    return latencies

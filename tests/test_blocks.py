@@ -18,7 +18,7 @@ import pytest
 
 import snapshot
 from snapshot import _size, _sparse
-from conftest import WALKERS, as_nobody, no_collection_meanwhile
+from conftest import WALKERS, as_nobody, ctrl_c_latencies, no_collection_meanwhile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 K = 4096
@@ -430,27 +430,7 @@ def test_ctrl_c_stops_a_long_scan_within_a_tenth_of_a_second(impl, tmp_path, wha
     with open(f, "wb") as h:
         h.write(os.urandom(1 << 20) * 32)
         os.fsync(h.fileno())  # no writeback left to slow the tests that follow
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    latencies = []
-    try:
-        no_collection_meanwhile()
-        for delay in (0.05, 0.13, 0.21):
-            sent = []
-
-            def fire():
-                time.sleep(delay)
-                sent.append(time.monotonic())
-                os.kill(os.getpid(), signal.SIGINT)
-            t = threading.Thread(target=fire)
-            t.start()
-            with pytest.raises(KeyboardInterrupt):
-                while True:  # whatever a scan's length, the signal lands inside one
-                    LONG_SCANS[what](f)
-            latencies.append(time.monotonic() - sent[0])
-            t.join()
-    finally:
-        gc.enable()
-        signal.signal(signal.SIGINT, old)
+    latencies = ctrl_c_latencies(lambda: LONG_SCANS[what](f))
     assert statistics.median(latencies) < (1.0 if UNDER_ASAN else 0.1), latencies
 
 

@@ -1,16 +1,13 @@
 """Many calls leak neither file descriptors nor memory; Ctrl-C stops a long walk fast."""
 import functools
-import gc
 import os
-import signal
 import statistics
-import threading
 import time
 
 import pytest
 
 import snapshot
-from conftest import no_collection_meanwhile
+from conftest import ctrl_c_latencies
 from snapshot import _pydu, _size
 
 pytestmark = pytest.mark.usefixtures("walker")
@@ -150,28 +147,8 @@ CALLS = {
 def test_ctrl_c_interrupts_a_long_walk_quickly(what, large_tree, big_directory, walker):
     call = functools.partial(CALLS[what], large_tree, big_directory)
     call()  # warm the caches, so the walk is CPU-bound like a long one
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     fds, tasks = open_fds(), threads_now()
-    latencies = []
-    try:
-        no_collection_meanwhile()
-        for delay in (0.05, 0.13, 0.21):
-            sent = []
-
-            def fire():
-                time.sleep(delay)
-                sent.append(time.monotonic())
-                os.kill(os.getpid(), signal.SIGINT)
-            t = threading.Thread(target=fire)
-            t.start()
-            with pytest.raises(KeyboardInterrupt):
-                while True:  # whatever the walk's length, the signal lands inside one
-                    call()
-            latencies.append(time.monotonic() - sent[0])
-            t.join()
-    finally:
-        gc.enable()
-        signal.signal(signal.SIGINT, old)
+    latencies = ctrl_c_latencies(call)
     # Under ASan (with PYTHONMALLOC=malloc) everything runs several times slower; that run
     # checks the interrupt path for memory errors, the normal run checks the 0.1 s (the
     # median: one sample on a loaded machine can wait for a CPU).
