@@ -16,7 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
+import time
 
 import pytest
 
@@ -232,7 +232,10 @@ def passes(n: int, threshold) -> bool:
 def du_format(sizes, units) -> dict:
     """{bytes: what du prints for that size with *units*}: du --apparent-size on sparse files of
     those sizes, made in a scratch directory of the working directory."""
-    scratch = tempfile.mkdtemp(prefix="fmt-", dir=".")
+    # Relative: the process may be user nobody, who can reach "." (entered by descriptor) but not
+    # pytest's 0700 directories above it, and tempfile.mkdtemp returns an absolute path (3.12+).
+    scratch = f"fmt-{os.getpid()}-{time.monotonic_ns()}"
+    os.mkdir(scratch, 0o700)
     try:
         wanted = sorted(set(sizes))
         for i, n in enumerate(wanted):
