@@ -12,6 +12,7 @@ import fnmatch
 import io
 import json
 import os
+import resource  # here: user nobody cannot import it (it lives below root's home)
 import shutil
 import stat
 import subprocess
@@ -546,6 +547,35 @@ def test_entries_that_cannot_be_stated_give_dus_messages(walker, arena, args):
     assert du_rc == 1 and du_err.count("cannot access") == 2
     assert (rc, sorted(err.splitlines())) == (1, _errors_as_du(du_err))
     assert out.split(b"\n") == output(want).split(b"\n")
+
+
+def _low_nofile_in_arena(args, paths) -> tuple:
+    """_in_arena with RLIMIT_NOFILE 12 above the descriptors open now (pytest's, inherited): the walk's
+    budget is a few descriptors, so most directories are opened late, by the thread that takes them,
+    not by the parent's reader."""
+    limit = len(os.listdir("/proc/self/fd")) + 12
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    return (ours_captured([*args, *paths]),)
+
+
+def test_directories_opened_late_that_cannot_be_accessed_have_no_line(walker, arena):
+    """As the test above, where the walk runs out of its descriptor budget: 100 directories in 20
+    listed-but-not-searchable ones, which hold the budget while they are read, so that their
+    subdirectories are opened late.  Still du's 'cannot access' for each and no line."""
+    path, fd = arena
+    for top in range(20):
+        for i in range(5):
+            (path / "u" / f"ns{top}" / f"d{i}" / "x").mkdir(parents=True)
+    shut = [path / "u" / f"ns{top}" for top in range(20)]
+    _chmod_all(shut, 0o644)
+    try:
+        (_, _, want) = as_nobody(expected, ["-d", "5"], ["u"], cwd_fd=fd)
+        ((rc, out, err),) = as_nobody(_low_nofile_in_arena, ["-j", "2", "-d", "5"], ["u"], cwd_fd=fd)
+    finally:
+        _chmod_all(shut, 0o755)
+    assert rc == 1 and "cannot read" not in err and "(100 in all)" in err, err  # the first 20 shown
+    assert err.count("cannot access") == 20, err
+    assert sorted(out.split(b"\n")) == sorted(output(want).split(b"\n"))
 
 
 @pytest.mark.parametrize("args", [[], ["-d", "1"], ["-a"]], ids=" ".join)

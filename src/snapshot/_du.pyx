@@ -30,7 +30,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.errno cimport (EACCES, EAGAIN, EINTR, EINVAL, EISDIR, ELOOP, EMFILE, ENFILE, ENOENT, ENOMEM, ENOTDIR,
                          ENOTTY, ENXIO, EOPNOTSUPP, EPERM, ESTALE, ETIME)
-from libc.stdlib cimport calloc, free, malloc, realloc, strtol, strtoul, strtoull
+from libc.stdlib cimport calloc, free, malloc, realloc, strtoul, strtoull
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strcmp, strdup, strlen, strndup, strrchr, strstr
 from posix.stat cimport S_IFDIR, S_IFLNK, S_IFMT, S_IFREG
 
@@ -681,7 +681,7 @@ cdef class DataRanges:
             if leases_read(&fresh) != 0:
                 leases_free(&fresh)
                 raise MemoryError()
-            held = lease_held(&fresh, &now, pfd)
+            held = lease_held(&fresh, &now, pfd, 0)
             leases_free(&fresh)
             if held:
                 raise Failure(LEASED, EAGAIN, path, 0)
@@ -716,7 +716,10 @@ cdef class DataRanges:
         r.runs = <int64_t *>malloc(2 * limit * sizeof(int64_t))
         if r.runs == NULL:
             raise MemoryError()
-        self.b.cancel = self.b.interrupted = 0  # an interrupted batch is taken again from its start
+        # An interrupted batch is taken again from its start, looking at signals again
+        # (check_stop stops looking once it has seen one).
+        self.b.cancel = self.b.interrupted = 0
+        self.me.check_signals = _in_main_thread()
         try:
             if err == 0:
                 with nogil:

@@ -68,9 +68,9 @@ def file_error(status: int, err: int, path, f_type: int = 0, force: str = FORCE_
         return BlockingIOError(_errno.EAGAIN, "another process opened it while it was sparsified; stopped "
                                               "(only zero blocks were punched)", name)
     if status == EXPIRED:
-        return OSError(_errno.ETIME, "another process opened it while a punch was under way, and the punch outlasted "
-                                     "half of lease-break-time (this process was stopped or starved): a write it "
-                                     "made meanwhile may have been punched away; check the file", name)
+        return OSError(_errno.ETIME, "another process opened it while a punch was under way, and the punch took half "
+                                     "a second or more (this process was stopped or starved): past lease-break-time "
+                                     "a write it made meanwhile may have been punched away; check the file", name)
     if status == UNCHECKED:
         return OSError(err, f"cannot check that no other process has it open (F_SETLEASE: {os.strerror(err)}); "
                             f"{force} skips the check", name)

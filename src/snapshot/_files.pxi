@@ -18,6 +18,7 @@ cdef struct Job:
     int fiemap      # read its shared extents
     int blocks      # its block job: SCAN, PUNCH, DRY_RUN, or NO_BLOCKS
     int64_t dir_alloc  # PUNCH, DRY_RUN: its directory's st_blocks * 512 (see alloc_unit), or 0
+    int dir_one_cluster  # and that directory's allocation is known to be one cluster (alloc_unit)
     size_t namelen
     char name[1]
 
@@ -79,7 +80,7 @@ cdef int file_jobs(Worker *me, Walk *w, Node *n, int dirfd, const char *name,
     job.st = now
     job.fiemap = fiemap
     job.blocks = blocks
-    job.dir_alloc = dir_alloc(dirfd, name, &now) if blocks == PUNCH or blocks == DRY_RUN else 0
+    job.dir_alloc = dir_alloc(dirfd, name, &now, &job.dir_one_cluster) if blocks == PUNCH or blocks == DRY_RUN else 0
     job.namelen = namelen
     memcpy(job.name, name, namelen + 1)
     if n != NULL:
@@ -97,9 +98,12 @@ cdef int file_jobs(Worker *me, Walk *w, Node *n, int dirfd, const char *name,
     return 0
 
 
-cdef int64_t dir_alloc(int dirfd, const char *name, const struct_stat *st) noexcept nogil:
+cdef int64_t dir_alloc(int dirfd, const char *name, const struct_stat *st, int *one_cluster) noexcept nogil:
     """The allocated bytes of the directory holding the file (dirfd, or for the walk's path,
-    its parent), if it is on the same filesystem; 0 if it cannot be had."""
+    its parent), if it is on the same filesystem; 0 if it cannot be had.  *one_cluster*:
+    its allocation is exactly one cluster, which its size proves when it is at most half of
+    it (ext4 allocates ceil(size / cluster) clusters: a cluster of half the allocation or
+    less would have made it smaller)."""
     cdef struct_stat d
     cdef char *parent
     cdef const char *slash
@@ -116,8 +120,10 @@ cdef int64_t dir_alloc(int dirfd, const char *name, const struct_stat *st) noexc
                 return 0
             rc = sys_fstatat(AT_FDCWD, parent, &d, 0)
             free(parent)
+    one_cluster[0] = 0
     if rc != 0 or d.st_dev != st.st_dev:
         return 0
+    one_cluster[0] = 2 * <int64_t>d.st_size <= <int64_t>d.st_blocks * 512
     return <int64_t>d.st_blocks * 512
 
 
@@ -151,16 +157,31 @@ cdef int job_leased(Job *job) noexcept nogil:
     """Whether another process holds a lease on the job's file.  Before a punch or a dry
     run, /proc/locks is read again: the last moment before the open."""
     cdef LeaseSet fresh
+    cdef Batch *b = job.w.b
     cdef int held
     if job.blocks == PUNCH or job.blocks == DRY_RUN:
         memset(&fresh, 0, sizeof(LeaseSet))
+        # Under the lock that leases are taken and let go under: the table read and the
+        # batch's own leases counted are one moment.
+        pthread_mutex_lock(&b.jobs_lock)
         if leases_read(&fresh) != 0:
-            leases_free(&fresh)
-            return 1  # cannot tell: leave it alone
-        held = lease_held(&fresh, &job.st, job.pfd)
+            held = 1  # cannot tell: leave it alone
+        else:
+            held = lease_held(&fresh, &job.st, job.pfd, batch_leases_on(b, job.st.st_ino))
+        pthread_mutex_unlock(&b.jobs_lock)
         leases_free(&fresh)
         return held
-    return lease_held(&job.w.b.leases, &job.st, job.pfd)
+    return lease_held(&b.leases, &job.st, job.pfd, 0)  # no lease of ours: this batch punches nothing
+
+
+cdef int batch_leases_on(Batch *b, uint64_t ino) noexcept nogil:
+    """How many write leases this batch's threads hold on files of inode number *ino*
+    (jobs_lock held)."""
+    cdef int k, n = 0
+    for k in range(snap_get(&b.nworkers)):
+        if b.workers[k].leasing and b.workers[k].lease_ino == ino:
+            n += 1
+    return n
 
 
 cdef void run_job(Worker *me, Job *job, Totals *into) noexcept nogil:
@@ -327,7 +348,7 @@ cdef int snapshot_file(Worker *me, Walk *w, int dirfd, const char *name, const s
     if (st.st_mode & S_IFMT) != S_IFREG or st.st_size > META_MAX:
         meta_refused(w, st.st_mode, st.st_size)
         return 0
-    if lease_held(&w.b.leases, st, dirfd):
+    if lease_held(&w.b.leases, st, dirfd, 0):
         w.meta_state = META_FAILED  # opening it would break another process's lease
         w.meta_err = EAGAIN
         return 0

@@ -13,14 +13,20 @@ cdef uint64_t ANY_DEV = 0xFFFFFFFFFFFFFFFFULL
 
 cdef struct LeaseSet:
     InodeSet keys   # (st_dev, st_ino) of every leased file
-    InodeSet inos   # (ANY_DEV, st_ino) leased by other processes: for btrfs (see lease_held)
+    InodeSet inos   # (ANY_DEV, st_ino) of every leased file: for btrfs (see lease_held)
+    uint64_t *each  # every lease's inode number, once per lease: how many there are (btrfs)
+    size_t neach
+    size_t capeach
 
 
 cdef void leases_free(LeaseSet *s) noexcept nogil:
     free(s.keys.keys)
     free(s.inos.keys)
+    free(s.each)
     s.keys.keys = s.inos.keys = NULL
+    s.each = NULL
     s.keys.cap = s.keys.used = s.inos.cap = s.inos.used = 0
+    s.neach = s.capeach = 0
 
 
 cdef int leases_read(LeaseSet *s) noexcept nogil:
@@ -67,8 +73,8 @@ cdef int leases_parse(LeaseSet *s, char *text, size_t n) noexcept nogil:
     cdef char *tok
     cdef unsigned long major, minor
     cdef uint64_t ino
+    cdef uint64_t *grown
     cdef int leased
-    cdef long pid, me = getpid()
     while line < end:
         nl = <char *>memchr(line, b'\n', end - line)
         if nl == NULL:
@@ -76,28 +82,25 @@ cdef int leases_parse(LeaseSet *s, char *text, size_t n) noexcept nogil:
         nl[0] = 0
         leased = strstr(line, b" LEASE ") != NULL or strstr(line, b" DELEG ") != NULL
         tok = line
-        pid = -1  # the holder's pid is the field just before MAJOR:MINOR:INODE
         while leased and tok < nl:
             while tok < nl and tok[0] == b' ':
                 tok += 1
             if parse_dev_ino(tok, &major, &minor, &ino):
-                if inode_add(&s.keys, makedev(major, minor), ino) < 0:
+                if inode_add(&s.keys, makedev(major, minor), ino) < 0 or inode_add(&s.inos, ANY_DEV, ino) < 0:
                     return ENOMEM
-                if pid != me and inode_add(&s.inos, ANY_DEV, ino) < 0:
-                    return ENOMEM
+                if s.neach == s.capeach:
+                    grown = <uint64_t *>realloc(s.each, (2 * s.capeach + 16) * sizeof(uint64_t))
+                    if grown == NULL:
+                        return ENOMEM
+                    s.each = grown
+                    s.capeach = 2 * s.capeach + 16
+                s.each[s.neach] = ino
+                s.neach += 1
                 break
-            pid = parse_pid(tok)
             while tok < nl and tok[0] != b' ':
                 tok += 1
         line = nl + 1
     return 0
-
-
-cdef long parse_pid(const char *tok) noexcept nogil:
-    """A decimal field ended by a space, or -1."""
-    cdef char *p
-    cdef long v = strtol(tok, &p, 10)
-    return v if p != tok and p[0] == b' ' and tok[0] != b'-' else -1
 
 
 cdef int parse_dev_ino(const char *tok, unsigned long *major, unsigned long *minor, uint64_t *ino) noexcept nogil:
@@ -115,15 +118,22 @@ cdef int parse_dev_ino(const char *tok, unsigned long *major, unsigned long *min
     return p != tok and (p[0] == b' ' or p[0] == 0)
 
 
-cdef int lease_held(LeaseSet *s, const struct_stat *st, int fd) noexcept nogil:
-    """1 if a lease is held on the file *fd*, whose stat is *st*.  On btrfs the inode
-    number alone decides (/proc/locks names the superblock's device, which btrfs does not
-    report as st_dev: each subvolume has its own), erring on the side of leaving the file
-    alone; there, this process's own leases are not counted, or a walk's leases on one
-    subvolume's inode 257 would refuse every other subvolume's (this batch holds at most one
-    lease per file, and the caller's own leases are not another process's)."""
-    if s.keys.used == 0:
+cdef int lease_held(LeaseSet *s, const struct_stat *st, int fd, int ours) noexcept nogil:
+    """1 if a lease is held on the file *fd*, whose stat is *st*, that is not one of the
+    *ours* leases this batch itself holds on files of that inode number.  On btrfs the
+    inode number alone decides (/proc/locks names the superblock's device, which btrfs does
+    not report as st_dev: each subvolume has its own), erring on the side of leaving the
+    file alone; but every snapshot subvolume's memory-ranges is inode 257, and the batch's
+    own leases on the others must not refuse it: there, a file is leased when /proc/locks
+    lists more leases on its inode number than *ours*.  (Not "all but this process's":
+    the caller may hold a lease of its own, and a pid namespace can hide our pid.)"""
+    cdef size_t i, n = 0
+    if s.inos.used == 0 or not inode_has(&s.inos, ANY_DEV, st.st_ino):
         return 0
     if inode_has(&s.keys, st.st_dev, st.st_ino):
         return 1
-    return inode_has(&s.inos, ANY_DEV, st.st_ino) and snap_fs_type(fd) == BTRFS_SUPER_MAGIC
+    if snap_fs_type(fd) != BTRFS_SUPER_MAGIC:
+        return 0
+    for i in range(s.neach):
+        n += s.each[i] == st.st_ino
+    return n > <size_t>ours

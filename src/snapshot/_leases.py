@@ -16,20 +16,18 @@ _BTRFS_MAGIC = 0x9123683E
 
 
 class Leases:
-    """The leases held when it was made: (dev, ino) pairs, and the inode numbers that other
-    processes lease (for btrfs, see held)."""
+    """The leases held when it was made: (dev, ino) pairs, and inode numbers alone."""
 
     __slots__ = ("keys", "inos")
 
     def __init__(self, text: bytes = b"") -> None:
         self.keys = set()
         self.inos = set()
-        me = str(os.getpid()).encode()
         for line in text.splitlines():
             fields = line.split()
             if b"LEASE" not in fields and b"DELEG" not in fields:
                 continue
-            for i, f in enumerate(fields):
+            for f in fields:
                 parts = f.split(b":")
                 if len(parts) == 3 and parts[2].isdigit():
                     try:
@@ -37,15 +35,15 @@ class Leases:
                     except ValueError:
                         continue
                     self.keys.add((dev, int(parts[2])))
-                    if fields[i - 1] != me:  # the holder's pid comes just before
-                        self.inos.add(int(parts[2]))
+                    self.inos.add(int(parts[2]))
                     break
 
     def held(self, st: os.stat_result, fd: int) -> bool:
         """Whether the file *fd* (stat *st*) is leased.  /proc/locks names the superblock's
         device, which btrfs does not report as st_dev (each subvolume has its own): there,
-        the inode number alone decides, erring on the side of leaving the file alone, and
-        this process's own leases do not count (see _leases.pxi, lease_held)."""
+        the inode number alone decides, erring on the side of leaving the file alone.  (The
+        twin walks on one thread and holds no lease of its own when it looks; the compiled
+        walk discounts its other threads' leases: _leases.pxi, lease_held.)"""
         if (st.st_dev, st.st_ino) in self.keys:
             return True
         return st.st_ino in self.inos and _fs_type(fd) == _BTRFS_MAGIC

@@ -68,29 +68,35 @@ def fs_type(fd: int) -> int:
 _EXT4_MAGIC = 0xEF53
 
 
-def alloc_unit(fd: int, dir_alloc: int) -> tuple:
-    """(unit, block): the allocation unit to punch in, the filesystem's block or on ext4 a
+def alloc_unit(fd: int, directory: tuple) -> tuple:
+    """(unit, whole): the allocation unit to punch in, the filesystem's block or on ext4 a
     cluster (the largest power of two dividing the file's and its directory's allocated
-    sizes, if larger than the block; the block when the directory's is unknown, 0), and the
-    block.  See _zero.pxi, alloc_unit, for why."""
+    sizes, if larger than the block; the block when the directory's is unknown, 0), and
+    whether it is known to be exactly one cluster (dir_alloc's pair says the directory's
+    allocation is one cluster).  See _zero.pxi, alloc_unit, for why."""
+    dir_allocated, one_cluster = directory
     block = os.fstatvfs(fd).f_bsize or 4096
     st = os.fstat(fd)
-    if fs_type(fd) != _EXT4_MAGIC or not st.st_blocks or dir_alloc <= 0:
-        return block, block
+    if fs_type(fd) != _EXT4_MAGIC or not st.st_blocks or dir_allocated <= 0:
+        return block, False
     import math
-    g = math.gcd(st.st_blocks * 512, dir_alloc)
+    g = math.gcd(st.st_blocks * 512, dir_allocated)
     g &= -g  # its largest power-of-two divisor
-    return max(block, min(g, 1 << 28)), block
+    unit = max(block, min(g, 1 << 28))
+    return unit, unit > block and one_cluster and unit == dir_allocated
 
 
-def dir_alloc(dir_fd, name: bytes, st: os.stat_result) -> int:
-    """The allocated bytes of the directory holding the file (dir_fd, or for the walk's path,
-    its parent), if it is on the same filesystem; 0 if it cannot be had."""
+def dir_alloc(dir_fd, name: bytes, st: os.stat_result) -> tuple:
+    """(allocated bytes, whether that is exactly one cluster) of the directory holding the
+    file (dir_fd, or for the walk's path, its parent), if it is on the same filesystem;
+    (0, False) if it cannot be had.  See _files.pxi, dir_alloc."""
     try:
         d = os.fstat(dir_fd) if dir_fd is not None else os.stat(os.path.dirname(name) or b".")
     except OSError:
-        return 0
-    return d.st_blocks * 512 if d.st_dev == st.st_dev else 0
+        return 0, False
+    if d.st_dev != st.st_dev:
+        return 0, False
+    return d.st_blocks * 512, 2 * d.st_size <= d.st_blocks * 512
 
 
 # ---- reading the allocated regions --------------------------------------------------------
@@ -208,6 +214,20 @@ def release_lease(fd: int) -> None:
         pass
 
 
+# A punch that takes this long while the lease breaks may have let its opener in (see
+# _zero.pxi, EXPIRY_NS): half of the shortest lease-break-time the kernel applies.
+EXPIRY = 0.5
+
+
+def _lease_break_secs() -> int:
+    """/proc/sys/fs/lease-break-time now (0: breaks never expire), -1 if it cannot be read."""
+    try:
+        with open("/proc/sys/fs/lease-break-time", "rb") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return -1
+
+
 def lease_break_time() -> float:
     """/proc/sys/fs/lease-break-time: seconds the kernel waits for a holder to let go."""
     try:
@@ -224,7 +244,7 @@ class _Stopped(Exception):
 
 
 class _Expired(Exception):
-    """The lease broke while a punch took half of lease-break-time: see _codes.EXPIRED."""
+    """The lease broke while a punch took EXPIRY or more: see _codes.EXPIRED."""
 
 
 def _fallocate():
@@ -253,14 +273,14 @@ class _Punch:
     read, so an opener waits for one chunk or one piece at most; a run read longer ago than
     a fraction of lease-break-time is read again before it is punched."""
 
-    def __init__(self, fd: int, size: int, unit: int, block: int, dry_run: bool, leased: bool,
+    def __init__(self, fd: int, size: int, unit: int, whole: bool, dry_run: bool, leased: bool,
                  progress=None) -> None:
         self.fd, self.size, self.unit, self.dry_run, self.leased = fd, size, unit, dry_run, leased
-        self.whole = unit > block  # a cluster (ext4 bigalloc): freed whole, see _zero.pxi, punch_block
+        self.whole = whole  # exactly one cluster (ext4 bigalloc): freed whole, see _zero.pxi, punch_block
+        self.leased_size = os.fstat(fd).st_size if leased else None  # it cannot change under the lease
         self.progress = progress
         self.do_punch = None if dry_run else _fallocate()
-        self.break_time = lease_break_time()
-        self.stale_after = self.break_time / REREAD_FRACTION
+        self.stale_after = lease_break_time() / REREAD_FRACTION
         self.punched = self.calls = 0
         self.stopped = self.expired = False
         self.pending = None  # [start, end, zero bytes in it, when its first unit was read]
@@ -302,7 +322,7 @@ class _Punch:
             return  # changed since it was read (only possible without a lease): left alone
         # Never past the current end of the file, but for the rest of its last unit (beyond
         # the end there is nothing to lose, and a partial unit frees nothing).
-        size = os.fstat(self.fd).st_size
+        size = self.leased_size if self.leased else os.fstat(self.fd).st_size  # see _zero.pxi, flush_run
         end = min(end, -(-size // self.unit) * self.unit)
         if end <= start:
             return
@@ -314,7 +334,8 @@ class _Punch:
         self.punched += zero
         if self.progress is not None:
             self.progress.add(0, zero)
-        if self.leased and time.monotonic() - confirmed >= self.break_time / 2 and not lease_held(self.fd):
+        if (self.leased and time.monotonic() - confirmed >= EXPIRY and not lease_held(self.fd)
+                and _lease_break_secs() != 0):
             raise _Expired  # its opener may have waited out the break while we punched
 
 
@@ -386,14 +407,14 @@ def file_job(dir_fd, name: bytes, counted: os.stat_result, mode: int, block: int
             return (UNSAFE_FS, errno.EOPNOTSUPP, why[1], 0, 0, 0, 0, 0)
         return (FAILED, why.errno or errno.EIO, 0, 0, 0, 0, 0, 0)
     try:
-        return _job_on(fd, mode, block, force, progress, dir_alloc(dir_fd, name, counted) if punching else 0)
+        return _job_on(fd, mode, block, force, progress, dir_alloc(dir_fd, name, counted) if punching else (0, False))
     except OSError as e:
         return (FAILED, e.errno or errno.EIO, fs_type(fd), 0, 0, 0, 0, 0)
     finally:
         os.close(fd)
 
 
-def _job_on(fd: int, mode: int, block: int, force: bool, progress, dir_allocated: int) -> tuple:
+def _job_on(fd: int, mode: int, block: int, force: bool, progress, directory: tuple) -> tuple:
     """The job on the open file: (status, errno, f_type, data, zero, punched, before, after);
     before and after are 0 where nothing was read or punched (a refusal)."""
     st = os.fstat(fd)
@@ -410,7 +431,7 @@ def _job_on(fd: int, mode: int, block: int, force: bool, progress, dir_allocated
         if err and not force:
             return (UNCHECKED, err, kind, 0, 0, 0, 0, 0)
         leased = not err
-    p = _Punch(fd, st.st_size, *alloc_unit(fd, dir_allocated), mode == DRY_RUN, leased, progress)
+    p = _Punch(fd, st.st_size, *alloc_unit(fd, directory), mode == DRY_RUN, leased, progress)
     try:
         p.run()
     except OSError as e:

@@ -269,6 +269,8 @@ cdef struct Worker:
     int64_t grow_cpu
     PendingMeta pending[META_AHEAD]  # rootfs.meta files whose reads were started (_files.pxi)
     int npending
+    int leasing           # it holds a write lease (a punch), on a file of inode number lease_ino:
+    uint64_t lease_ino    # both under the batch's jobs_lock (see _leases.pxi, lease_held)
 
 cdef struct Batch:
     const char **paths    # kept alive by the caller's list: paths, or names in the base directory
@@ -878,13 +880,17 @@ cdef void node_done(Node *n) noexcept nogil:
 cdef void process(Worker *me, Node *n) noexcept nogil:
     """Open n if it was pushed unopened, read it, and let it go."""
     cdef Walk *w = n.w
-    cdef int e = 0
+    cdef int e = 0, stat_ok = 1
     totals_zero(&me.t)
     me.ranges.n = 0
     if not stopped(w) and n.fd < 0:
-        e = open_deferred(n)
+        e = open_deferred(n, &stat_ok)
         if e > 0:
-            problem(w, e, n, NULL, 1)
+            if not stat_ok and n.rec >= 0 and (n.parent == NULL or n.rec != n.parent.rec):
+                pthread_mutex_lock(&w.dc.lock)  # as unreadable_dir: no line for what cannot be accessed
+                w.recs.items[n.rec].dropped = 1
+                pthread_mutex_unlock(&w.dc.lock)
+            problem(w, e, n, NULL, stat_ok)
         e = 0
     if not stopped(w) and n.fd >= 0:
         e = read_dir(me, n)
@@ -892,18 +898,22 @@ cdef void process(Worker *me, Node *n) noexcept nogil:
     node_done(n)
 
 
-cdef int open_deferred(Node *n) noexcept nogil:
+cdef int open_deferred(Node *n, int *stat_ok) noexcept nogil:
     """Open n, pushed unopened, from its parent (reopened first if it was closed).
-    0 (n.fd set, or gone: -1), or an errno."""
+    0 (n.fd set, or gone: -1), or an errno; then *stat_ok* says whether n can at least be
+    stat'ed (see unreadable_dir)."""
     cdef Walk *w = n.w
     cdef Node *parent = n.parent
     cdef int rc, fd = -1, e = 0
+    cdef struct_stat st
     pthread_mutex_lock(&w.dc.lock)
     rc = dc_pin_open(&w.dc, parent)
     pthread_mutex_unlock(&w.dc.lock)
     if rc == 0:
         fd = dc_openat(&w.dc, parent.fd, n.name, 0)
         e = snap_errno()
+        if fd < 0 and (e == EACCES or e == EPERM):
+            stat_ok[0] = sys_fstatat(parent.fd, n.name, &st, AT_SYMLINK_NOFOLLOW) == 0
     pthread_mutex_lock(&w.dc.lock)
     if rc == 0:
         dc_unpin(&w.dc, parent)

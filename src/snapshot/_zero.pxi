@@ -13,9 +13,10 @@
 # was stopped past lease-break-time) is seen before anything more is punched.  A run read
 # longer ago than a quarter of lease-break-time is read again (and the file's size taken)
 # before that last confirmation, so only the fallocate call lies between them.  An opener
-# waits lease-break-time from the break before its open returns: a punch that ends sooner
-# after the confirmation is safe; one that took longer (the process was stopped or starved
-# in it) while the lease broke is reported (EXPIRED), never silent.  Only whole allocation
+# waits lease-break-time (1 s at the least) from the break before its open returns: a punch
+# that ends within half a second of the confirmation is safe; one that took longer (the
+# process was stopped or starved in it) while the lease broke is reported (EXPIRED), never
+# silent.  Only whole allocation
 # units are punched (a cluster on ext4 bigalloc): punching less frees nothing and can grow
 # the extent tree.
 
@@ -43,6 +44,12 @@ cdef enum:
     EACH_ERROR = -1    # *err* says why
     REREAD_FRACTION = 4
     REREAD_BYTES = 65536
+
+# A punch that takes this long while the lease breaks may have let its opener in: half of
+# the shortest lease-break-time the kernel applies (1 s; 0 means breaks never expire).  A
+# fixed figure, not half of the sysctl read when the call began: the kernel times a break
+# with the value current when it begins, and root may have lowered it meanwhile.
+cdef int64_t EXPIRY_NS = 500000000
 
 ctypedef int (*on_block_fn)(void *ctx, int64_t bs, int64_t allocated, int nonzero) noexcept nogil
 
@@ -195,13 +202,13 @@ cdef struct PunchCtx:
     int dry_run
     int leased
     int64_t unit
-    int64_t block          # the filesystem's block (below unit only on ext4 bigalloc)
+    int whole              # unit is exactly one cluster of several blocks (see alloc_unit)
+    int64_t leased_size    # st_size once the lease was taken: it cannot change under it
     int64_t pending_start  # -1: none
     int64_t pending_end
     int64_t pending_zero   # allocated bytes of the zero units in the pending run
     int64_t read_at        # when its first unit was read
     int64_t stale_ns       # a run read longer ago is read again before it is punched
-    int64_t break_ns       # lease-break-time
     int64_t punched
     int64_t calls
     int stopped
@@ -251,11 +258,15 @@ cdef int flush_run(PunchCtx *c) noexcept nogil:
             return 1
         if same == 0:
             return 0  # changed since it was read (only possible without a lease): left alone
-    if sys_fstat(c.fd, &st) != 0:
+    # Never past the current end of the file, but for the rest of its last unit (beyond the
+    # end there is nothing to lose, and a partial unit frees nothing).  Under the lease the
+    # size cannot change (a truncate breaks it too, and the lease is confirmed below): the
+    # size taken with it stands, one fstat a file instead of one a punch.
+    if c.leased:
+        st.st_size = c.leased_size
+    elif sys_fstat(c.fd, &st) != 0:
         c.err = snap_errno()
         return 1
-    # Never past the current end of the file, but for the rest of its last unit (beyond the
-    # end there is nothing to lose, and a partial unit frees nothing).
     limit = (st.st_size + c.unit - 1) // c.unit * c.unit
     if end > limit:
         end = limit
@@ -272,7 +283,8 @@ cdef int flush_run(PunchCtx *c) noexcept nogil:
     c.punched += zero
     if c.me.b.progress != NULL:
         snap_add64(&c.me.b.progress.bytes_punched, zero)
-    if c.leased and snap_now_ns() - confirmed >= c.break_ns // 2 and sys_fcntl(c.fd, F_GETLEASE, 0) != F_WRLCK:
+    if (c.leased and snap_now_ns() - confirmed >= EXPIRY_NS and sys_fcntl(c.fd, F_GETLEASE, 0) != F_WRLCK
+            and lease_break_secs() != 0):
         c.expired = 1  # its opener may have waited out the break while we punched
         return 1
     return 0
@@ -289,15 +301,15 @@ cdef int punch_block(void *ctx, int64_t bs, int64_t allocated, int nonzero) noex
         c.pending_start = bs
         c.read_at = snap_now_ns()
     c.pending_end = bs + c.unit  # over any hole since the last zero unit: one call
-    # A zero unit larger than the block is a whole cluster (ext4 bigalloc), allocated and
-    # freed whole however few of its blocks SEEK_DATA reports mapped.
-    c.pending_zero += c.unit if c.unit > c.block else allocated
+    # A zero unit known to be one cluster (ext4 bigalloc) is allocated and freed whole,
+    # however few of its blocks SEEK_DATA reports mapped (see alloc_unit).
+    c.pending_zero += c.unit if c.whole else allocated
     return 0
 
 
 # ---- the job ---------------------------------------------------------------------------------
 
-cdef int64_t alloc_unit(int fd, const struct_stat *st, int64_t dir_alloc, int64_t *block) noexcept nogil:
+cdef int64_t alloc_unit(int fd, const struct_stat *st, int64_t dir_alloc, int one_cluster, int *whole) noexcept nogil:
     """The allocation unit to punch in: the filesystem's block, or on ext4 a cluster.
 
     ext4 bigalloc allocates clusters of several blocks, and punching less than one frees
@@ -310,20 +322,24 @@ cdef int64_t alloc_unit(int fd, const struct_stat *st, int64_t dir_alloc, int64_
     inline-data directory has no blocks; a bind-mounted file's directory is elsewhere) the
     file's alone would say nothing (a dense 32 MiB file would make a 32 MiB unit, and nothing
     would be punched): the block then, which on bigalloc punches some blocks that free no
-    cluster.  *block* is set to the filesystem's block."""
+    cluster.  *whole*: the unit is larger than the block and the directory's allocation is
+    known to be one cluster (see dir_alloc), so the unit is exactly one cluster: a zero unit
+    is then freed whole, and counted so.  (A larger directory can make the unit a multiple
+    of the cluster, of which a zero unit frees only the clusters that are mapped: its mapped
+    bytes are counted then, an undercount, never more than is freed.)"""
     cdef statfs s
     cdef uint64_t g, unit
-    block[0] = 4096
+    whole[0] = 0
     if sys_fstatfs(fd, &s) != 0 or s.f_bsize <= 0:
         return 4096
     unit = <uint64_t>s.f_bsize
-    block[0] = <int64_t>unit
     if s.f_type != EXT4_SUPER_MAGIC or st.st_blocks == 0 or dir_alloc <= 0:
         return unit
     g = gcd64(<uint64_t>st.st_blocks * 512, <uint64_t>dir_alloc)
     g = g & (~g + 1)  # its largest power-of-two divisor
     if g > unit:
         unit = g if g < (<uint64_t>1 << 28) else (<uint64_t>1 << 28)
+        whole[0] = one_cluster and unit == <uint64_t>dir_alloc
     return unit
 
 
@@ -379,6 +395,31 @@ cdef int take_lease(int fd) noexcept nogil:
     return snap_errno()
 
 
+cdef long lease_break_secs() noexcept nogil:
+    """/proc/sys/fs/lease-break-time now, in seconds; -1 if it cannot be read."""
+    cdef char buf[32]
+    cdef long got
+    cdef int fd = c_open(b"/proc/sys/fs/lease-break-time", O_RDONLY | O_CLOEXEC)
+    if fd < 0:
+        return -1
+    got = sys_read(fd, buf, sizeof(buf) - 1)
+    close(fd)
+    if got <= 0:
+        return -1
+    buf[got] = 0
+    return strtoul(buf, NULL, 10)
+
+
+cdef void let_go(Worker *me, int fd) noexcept nogil:
+    """Let the lease go.  Its result is not needed: every punch was vouched for in
+    flush_run, and a lease the kernel already took back (EAGAIN here) let its opener in
+    after our last punch."""
+    pthread_mutex_lock(&me.b.jobs_lock)
+    sys_fcntl(fd, F_SETLEASE, F_UNLCK)
+    me.leasing = 0
+    pthread_mutex_unlock(&me.b.jobs_lock)
+
+
 cdef void punch_file(Worker *me, Job *job, int fd, const struct_stat *st, Totals *t) noexcept nogil:
     cdef Walk *w = job.w
     cdef PunchCtx c
@@ -388,7 +429,11 @@ cdef void punch_file(Worker *me, Job *job, int fd, const struct_stat *st, Totals
     cdef uint64_t before = <uint64_t>st.st_blocks * 512
     cdef const char *name = job.name if job.dir != NULL else NULL
     if job.blocks == PUNCH:
+        pthread_mutex_lock(&w.b.jobs_lock)
         err = take_lease(fd)
+        me.leasing = err == 0
+        me.lease_ino = st.st_ino
+        pthread_mutex_unlock(&w.b.jobs_lock)
         if err == EAGAIN or (err and not w.b.force):
             job_failed(w, BUSY if err == EAGAIN else UNCHECKED, err, fstype, job.dir, name)
             return
@@ -399,10 +444,16 @@ cdef void punch_file(Worker *me, Job *job, int fd, const struct_stat *st, Totals
     c.fd = fd
     c.dry_run = job.blocks == DRY_RUN
     c.leased = leased
-    c.unit = alloc_unit(fd, st, job.dir_alloc, &c.block)
+    if leased:
+        if sys_fstat(fd, &now) != 0:
+            err = snap_errno()
+            let_go(me, fd)
+            job_failed(w, FAILED, err, fstype, job.dir, name)
+            return
+        c.leased_size = now.st_size
+    c.unit = alloc_unit(fd, st, job.dir_alloc, job.dir_one_cluster, &c.whole)
     c.pending_start = -1
     c.stale_ns = w.b.lease_break_ns // REREAD_FRACTION
-    c.break_ns = w.b.lease_break_ns
     rc = each_block(me, fd, st.st_size, c.unit, 0, punch_block, &c, leased, &err)
     if rc == EACH_END and flush_run(&c):
         rc = EACH_STOP
@@ -417,9 +468,7 @@ cdef void punch_file(Worker *me, Job *job, int fd, const struct_stat *st, Totals
     else:
         t.after += before
     if leased:
-        # Its result is not needed: every punch was vouched for above, and a lease the
-        # kernel already took back (EAGAIN here) let its opener in after our last punch.
-        sys_fcntl(fd, F_SETLEASE, F_UNLCK)
+        let_go(me, fd)
     free(c.reread)
     if c.expired:
         job_failed(w, EXPIRED, ETIME, fstype, job.dir, name)
