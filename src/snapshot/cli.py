@@ -217,6 +217,7 @@ def _paths_mode(args, warn, emit) -> bool:
     total = total_shared = total_exclusive = total_zero = 0
     progress = _zero_progress(args)
     for path in args.paths:
+        path = _trailing_slashes(path)
         counters = _size._impl.Progress() if progress else None
         with progress.watching(counters) if progress else _nothing():
             # The walk's sums, not a Usage: dataclasses would cost more start-up time than the walk.
@@ -279,6 +280,16 @@ def _paths_mode(args, warn, emit) -> bool:
             cols.append(_report.format_size(total_zero, unit))
         emit("\t".join(cols + ["total"]) + end)
     return failed
+
+
+def _trailing_slashes(path: str) -> str:
+    """*path* as du names it: two or more trailing slashes trimmed to one (gnulib's fts_open
+    does this for paths longer than two characters, so "//" stays and "///" is "/")."""
+    end = len(path)
+    if end > 2 and path[-1] == "/":
+        while end > 1 and path[end - 2] == "/":
+            end -= 1
+    return path[:end]
 
 
 def _named_path(path: str) -> dict:
