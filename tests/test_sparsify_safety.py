@@ -81,21 +81,23 @@ def wait_reading(p, nbytes):
     return False
 
 
+def write_sysctl(name, value) -> None:
+    with open("/proc/sys/" + name.replace(".", "/"), "w") as f:
+        f.write(str(value))
+
+
 @contextlib.contextmanager
 def sysctl(name, value):
     """Set /proc/sys/NAME to *value*, restored in finally (root only: skips otherwise)."""
     if os.geteuid() != 0:
         pytest.skip(f"needs root to set {name}")
-    path = "/proc/sys/" + name.replace(".", "/")
-    with open(path) as f:
+    with open("/proc/sys/" + name.replace(".", "/")) as f:
         old = f.read().strip()
-    with open(path, "w") as f:
-        f.write(str(value))
+    write_sysctl(name, value)
     try:
         yield
     finally:
-        with open(path, "w") as f:
-            f.write(old)
+        write_sysctl(name, old)
 
 
 def drop_page_cache():
@@ -590,30 +592,47 @@ def test_a_write_made_while_a_stale_run_is_read_again_is_never_punched(tmp_path,
 
 
 @pytest.mark.parametrize("which", ["compiled", "python"])
-def test_a_punch_that_outlasts_the_lease_break_is_reported(tmp_path, which):
-    """The fallocate itself held up 1.5 s (strace), past lease-break-time (1 s), while an opener waits: the
-    kernel lets it write before the punch runs.  Nothing can take that punch back, but it must not pass in
-    silence: the file is named, exit status 1."""
+@pytest.mark.parametrize("break_time, lowered_to, reported", [(1, None, True), (1, 0, True), (3, None, False)],
+                         ids=["past-the-break", "sysctl-lowered-meanwhile", "within-the-break"])
+def test_a_punch_that_outlasts_the_lease_break_is_reported(tmp_path, which, break_time, lowered_to, reported):
+    """The fallocate itself held up 1.5 s (strace) while an opener waits.  Past lease-break-time (1 s) the
+    kernel lets the opener write before the punch runs: nothing can take that punch back, but it must not
+    pass in silence: the file is named, exit status 1.  So too when root sets lease-break-time to 0 while
+    the punch runs (the break that began keeps its 1 s).  Within lease-break-time (3 s) the opener is
+    still waiting when the punch ends: the punch came first, and the run stops as for any opener."""
     strace_or_skip()
     f = write_zeros(tmp_path / "memory-ranges", 64 * K, b"D" * K)
     trace = tmp_path / "trace"
-    with sysctl("fs.lease-break-time", 1):
+    with sysctl("fs.lease-break-time", break_time):
         p = subprocess.Popen(["strace", "-f", "-o", str(trace), "-e", "trace=fallocate",
                               "-e", "inject=fallocate:delay_enter=1500000", *sparsify_cmd(which, "-j", "1", f)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        lower = None
+        if lowered_to is not None:  # once the opener's break has begun (the sysctl restores it after)
+            lower = threading.Timer(0.3, write_sysctl, ("fs.lease-break-time", lowered_to))
         try:
             while p.poll() is None and not leased_by_any_child(p.pid, f):
                 time.sleep(0.005)
             time.sleep(0.3)  # the scan of 68 KiB is long done: it waits in the fallocate
+            if lower is not None:
+                lower.start()
             waited = open_and_write(f, 0, b"W" * K)
             assert waited > 0.5, f"the opener was let in after {waited:.2f} s: the run held no lease then"
             out, err = p.communicate(timeout=60)
         finally:
+            if lower is not None:
+                lower.cancel()
+                lower.join()
             if p.poll() is None:
                 p.kill()
             p.wait()
     assert p.returncode == 1, (out, err)
-    assert b"may have been punched away" in err and str(f).encode() in err, err
+    if reported:
+        assert b"may have been punched away" in err and str(f).encode() in err, err
+    else:
+        assert b"another process opened it" in err and b"punched away" not in err, err
+        with open(f, "rb") as h:
+            assert h.read(K) == b"W" * K, "the write made after the punch is lost"
 
 
 def leased_by_any_child(pid, path) -> bool:
@@ -758,6 +777,58 @@ def test_a_unit_wider_than_a_cluster_counts_only_what_is_mapped(impl, bigalloc, 
     real = snapshot.sparsify(f)
     assert dry.punched == real.punched == K  # its one mapped block: an undercount, never an overcount
     assert real.allocated_before - real.allocated_after == CLUSTER
+
+
+@pytest.mark.parametrize("labels", [[3000], [20, 3000]], ids=["attribute-block", "and-some-in-the-inode"])
+def test_a_directory_with_extended_attributes_never_makes_the_dry_run_say_more(impl, bigalloc, labels):
+    """ext4 counts a directory's block of extended attributes (a long ACL or label) in its st_blocks: one
+    more cluster, so a directory of one block is two.  Its unit must not be taken for one cluster: a
+    zero-filled block beside a cluster of hole frees one cluster, and is counted as one, never two.
+    Where some attributes are in the inode, FIEMAP reports only those and cannot tell that a block is
+    beside them: the mapped bytes are counted then, never more than is freed."""
+    d = bigalloc / "vm"
+    d.mkdir()
+    for i, size in enumerate(labels):
+        os.setxattr(d, f"user.label{i}", b"a" * size)
+    f = d / "memory-ranges"
+    with open(f, "wb") as h:
+        h.write(bytes(K))  # unit 0: a cluster holding one block of zeros, then a cluster of hole
+        h.seek(2 * CLUSTER)
+        h.write(b"D" * K)  # data
+        os.fsync(h.fileno())
+    assert (os.stat(d).st_size, os.stat(d).st_blocks * 512) == (K, 2 * CLUSTER)  # the premise
+    dry = snapshot.sparsify(f, dry_run=True)
+    real = snapshot.sparsify(f)
+    assert real.allocated_before - real.allocated_after == CLUSTER
+    assert dry.punched == real.punched == (CLUSTER if len(labels) == 1 else K)
+
+
+@pytest.fixture
+def plain_ext4(tmp_path):
+    """A loop-mounted ext4 with 4 KiB blocks and 256-byte inodes (the default) inside tmp_path."""
+    with loop_mount(tmp_path, "ext4", ["-b", "4096", "-I", "256"], 64 << 20, "e2fsprogs") as where:
+        yield where
+
+
+def test_a_directorys_attribute_block_does_not_widen_the_unit_on_plain_ext4(impl, plain_ext4):
+    """A one-block directory with a block of extended attributes allocates 8 KiB on plain ext4: the unit
+    is still the 4 KiB block (an 8 KiB one counted a zero block and a hole as 8 KiB, freeing 4)."""
+    d = plain_ext4 / "vm"
+    d.mkdir()
+    os.setxattr(d, "user.label", b"a" * 3000)
+    f = d / "memory-ranges"
+    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+    try:  # blocks 0 and 1 data, 2 zeros, 3 a hole, 4 to 6 data: 24 KiB allocated
+        for block, fill in ((0, b"d"), (1, b"d"), (2, b"\0"), (4, b"d"), (5, b"d"), (6, b"d")):
+            os.pwrite(fd, fill * K, block * K)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert (os.stat(d).st_size, os.stat(d).st_blocks * 512, allocated(f)) == (K, 2 * K, 6 * K)  # the premise
+    dry = snapshot.sparsify(f, dry_run=True)
+    real = snapshot.sparsify(f)
+    assert dry.punched == real.punched == real.allocated_before - real.allocated_after == K
+    assert allocated(f) == 5 * K
 
 
 def test_bigalloc_dry_run_counts_clusters_only_partly_mapped_whole(impl, bigalloc, tmp_path):

@@ -33,8 +33,9 @@ STOPPED = 4  # another process opened it while it was punched: stopped, the leas
 FAILED = 5  # errno says why
 UNSAFE_FS = 6  # a filesystem whose writers a lease cannot all see (errno: its f_type), not forced
 EXPIRED = 7  # the lease broke while a punch took half a second or more (half the shortest
-             # lease-break-time): an opener may have written into the punched range (this process
-             # was stopped or starved meanwhile)
+             # lease-break-time), and the kernel had taken it back when the punch ended: an
+             # opener may have written into the punched range (this process was stopped or
+             # starved meanwhile)
 
 # A walk's error code (Walked.error[0]) that is no errno: /proc is not mounted, so a file
 # cannot be reopened through /proc/self/fd without following a path again.

@@ -15,7 +15,7 @@ The pieces, each in its own file:
     _csys.h, _csys.pxi  the C layer: system calls that retry EINTR, getdents64 records,
                         atomics, clocks, signal masks, which filesystem a descriptor is on
     _sums.pxi           exact sums, the inode set, the physical ranges of shared extents
-    _leases.pxi         other processes' leases, from /proc/locks
+    _leases.pxi         the leases held, from /proc/locks
     _crew.pxi           the threads: started with signals blocked, joined exactly
     _dircache.pxi       one walk's directories and their descriptor budget (any depth)
     _walk.pxi           the walk: per-thread stacks, stealing, growth, a directory's read

@@ -69,8 +69,8 @@ def file_error(status: int, err: int, path, f_type: int = 0, force: str = FORCE_
                                               "(only zero blocks were punched)", name)
     if status == EXPIRED:
         return OSError(_errno.ETIME, "another process opened it while a punch was under way, and the punch took half "
-                                     "a second or more (this process was stopped or starved): past lease-break-time "
-                                     "a write it made meanwhile may have been punched away; check the file", name)
+                                     "a second or more (this process was stopped or starved), and the lease had run out "
+                                     "when it ended: a write it made meanwhile may have been punched away; check the file", name)
     if status == UNCHECKED:
         return OSError(err, f"cannot check that no other process has it open (F_SETLEASE: {os.strerror(err)}); "
                             f"{force} skips the check", name)

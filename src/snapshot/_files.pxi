@@ -100,31 +100,46 @@ cdef int file_jobs(Worker *me, Walk *w, Node *n, int dirfd, const char *name,
 
 cdef int64_t dir_alloc(int dirfd, const char *name, const struct_stat *st, int *one_cluster) noexcept nogil:
     """The allocated bytes of the directory holding the file (dirfd, or for the walk's path,
-    its parent), if it is on the same filesystem; 0 if it cannot be had.  *one_cluster*:
-    its allocation is exactly one cluster, which its size proves when it is at most half of
-    it (ext4 allocates ceil(size / cluster) clusters: a cluster of half the allocation or
-    less would have made it smaller)."""
+    its parent), if it is on the same filesystem; 0 if it cannot be had.  ext4 allocates a
+    directory ceil(size / cluster) clusters, and one more for a block of extended attributes
+    (an ACL, a label that does not fit in the inode).  *one_cluster*: what is returned is
+    exactly one cluster, which the size proves: a directory of one block has one cluster,
+    and so has one whose size is at most half of its clusters' bytes (with two clusters or
+    more, the size is over half of them).  With a block of attributes proven, its cluster is
+    left out of what is returned; where their storage is unknown, nothing is proven, and
+    what is returned is still a multiple of the cluster."""
     cdef struct_stat d
     cdef char *parent
     cdef const char *slash
-    cdef int rc
-    if dirfd != AT_FDCWD:
-        rc = sys_fstat(dirfd, &d)
-    else:
+    cdef int fd = dirfd, xattrs
+    cdef int64_t alloc, size
+    one_cluster[0] = 0
+    if dirfd == AT_FDCWD:
         slash = strrchr(name, b'/')
         if slash == NULL:
-            rc = sys_fstatat(AT_FDCWD, b".", &d, 0)
+            fd = c_open(b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK)
         else:
             parent = strndup(name, slash - name if slash != name else 1)
             if parent == NULL:
                 return 0
-            rc = sys_fstatat(AT_FDCWD, parent, &d, 0)
+            fd = c_open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK)
             free(parent)
-    one_cluster[0] = 0
-    if rc != 0 or d.st_dev != st.st_dev:
-        return 0
-    one_cluster[0] = 2 * <int64_t>d.st_size <= <int64_t>d.st_blocks * 512
-    return <int64_t>d.st_blocks * 512
+        if fd < 0:
+            return 0
+    if sys_fstat(fd, &d) != 0 or d.st_dev != st.st_dev:
+        alloc = 0
+    else:
+        alloc = <int64_t>d.st_blocks * 512
+        size = <int64_t>d.st_size
+        xattrs = snap_xattr_storage(fd)
+        if xattrs == SNAP_XATTR_BLOCK and alloc % 2 == 0 and (size <= d.st_blksize or 4 * size <= alloc):
+            alloc //= 2  # two clusters, one of them the attributes'
+            one_cluster[0] = 1
+        elif xattrs == SNAP_XATTR_NONE:
+            one_cluster[0] = size <= d.st_blksize or 2 * size <= alloc
+    if fd != dirfd:
+        close(fd)
+    return alloc
 
 
 cdef void job_release(Job *job) noexcept nogil:
@@ -176,10 +191,14 @@ cdef int job_leased(Job *job) noexcept nogil:
 
 cdef int batch_leases_on(Batch *b, uint64_t ino) noexcept nogil:
     """How many write leases this batch's threads hold on files of inode number *ino*
-    (jobs_lock held)."""
+    (jobs_lock held, after /proc/locks was read).  Each is asked of the kernel: one it took
+    back (an opener waited it out) is not in the table any more, and one that is breaking
+    is not counted (the table's count is then the larger: the file is left alone).  Every
+    slot, not only the started threads': a thread works before it is counted."""
     cdef int k, n = 0
-    for k in range(snap_get(&b.nworkers)):
-        if b.workers[k].leasing and b.workers[k].lease_ino == ino:
+    for k in range(b.maxw):
+        if (b.workers[k].leasing and b.workers[k].lease_ino == ino
+                and sys_fcntl(b.workers[k].lease_fd, F_GETLEASE, 0) == F_WRLCK):
             n += 1
     return n
 

@@ -4,7 +4,7 @@ same rules and the same system calls.  The test suite runs both.
 
 A file job gets a file the walk has counted, by its directory's descriptor and its name:
 it is opened O_PATH|O_NOFOLLOW (which opens no device and breaks no lease), checked to be
-the regular file counted (st_dev, st_ino), looked up among other processes' leases
+the regular file counted (st_dev, st_ino), looked up among the leases held
 (_leases), and only then reopened for reading or writing through /proc/self/fd, which
 names that very inode.  Nothing is opened by a path that could lead elsewhere.
 
@@ -88,15 +88,30 @@ def alloc_unit(fd: int, directory: tuple) -> tuple:
 
 def dir_alloc(dir_fd, name: bytes, st: os.stat_result) -> tuple:
     """(allocated bytes, whether that is exactly one cluster) of the directory holding the
-    file (dir_fd, or for the walk's path, its parent), if it is on the same filesystem;
-    (0, False) if it cannot be had.  See _files.pxi, dir_alloc."""
+    file (dir_fd, or for the walk's path, its parent), if it is on the same filesystem, less
+    the cluster of its attributes' block where that is proven; (0, False) if it cannot be
+    had.  See _files.pxi, dir_alloc."""
+    from ._pydu import XATTR_BLOCK, XATTR_NONE, xattr_storage
+    fd = dir_fd
+    if dir_fd is None:
+        try:
+            fd = os.open(os.path.dirname(name) or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return 0, False
     try:
-        d = os.fstat(dir_fd) if dir_fd is not None else os.stat(os.path.dirname(name) or b".")
+        d = os.fstat(fd)
+        if d.st_dev != st.st_dev:
+            return 0, False
+        alloc, size = d.st_blocks * 512, d.st_size
+        xattrs = xattr_storage(fd)
+        if xattrs == XATTR_BLOCK and alloc % 2 == 0 and (size <= d.st_blksize or 4 * size <= alloc):
+            return alloc // 2, True  # two clusters, one of them the attributes'
+        return alloc, xattrs == XATTR_NONE and (size <= d.st_blksize or 2 * size <= alloc)
     except OSError:
         return 0, False
-    if d.st_dev != st.st_dev:
-        return 0, False
-    return d.st_blocks * 512, 2 * d.st_size <= d.st_blocks * 512
+    finally:
+        if fd is not dir_fd:
+            os.close(fd)
 
 
 # ---- reading the allocated regions --------------------------------------------------------
@@ -206,26 +221,19 @@ def lease_held(fd: int) -> bool:
     return fcntl.fcntl(fd, c["F_GETLEASE"]) == c["F_WRLCK"]
 
 
-def release_lease(fd: int) -> None:
+def release_lease(fd: int) -> bool:
+    """Let the lease go; False if it was gone already (EAGAIN: the kernel took it back)."""
     import fcntl
     try:
         fcntl.fcntl(fd, constants()["F_SETLEASE"], constants()["F_UNLCK"])
     except OSError:
-        pass
+        return False
+    return True
 
 
-# A punch that takes this long while the lease breaks may have let its opener in (see
+# A punch that ends sooner after its confirmation cannot have let an opener in (see
 # _zero.pxi, EXPIRY_NS): half of the shortest lease-break-time the kernel applies.
 EXPIRY = 0.5
-
-
-def _lease_break_secs() -> int:
-    """/proc/sys/fs/lease-break-time now (0: breaks never expire), -1 if it cannot be read."""
-    try:
-        with open("/proc/sys/fs/lease-break-time", "rb") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return -1
 
 
 def lease_break_time() -> float:
@@ -334,9 +342,12 @@ class _Punch:
         self.punched += zero
         if self.progress is not None:
             self.progress.add(0, zero)
-        if (self.leased and time.monotonic() - confirmed >= EXPIRY and not lease_held(self.fd)
-                and _lease_break_secs() != 0):
-            raise _Expired  # its opener may have waited out the break while we punched
+        if self.leased and time.monotonic() - confirmed >= EXPIRY and not lease_held(self.fd):
+            # The lease broke while the punch took long.  Its opener gets in only once the
+            # lease is gone: if it is still there (breaking), the punch came first.
+            if release_lease(self.fd):
+                raise _Stopped
+            raise _Expired  # the kernel took it back: its opener may have written meanwhile
 
 
 def _still_zero(fd: int, start: int, end: int) -> bool:

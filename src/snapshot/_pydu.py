@@ -34,6 +34,7 @@ _FM_HEADER = struct.Struct("=QQIIII")  # fm_start, fm_length, fm_flags, fm_mappe
 _FM_EXTENT = struct.Struct("=QQQQQIIII")  # fe_logical, fe_physical, fe_length, 2 reserved, fe_flags, 3 reserved
 EXTENT_LAST, EXTENT_UNKNOWN, EXTENT_DELALLOC = 0x1, 0x2, 0x4
 EXTENT_DATA_INLINE, EXTENT_NOT_ALIGNED, EXTENT_SHARED = 0x200, 0x100, 0x2000
+_FIEMAP_FLAG_XATTR = 0x2
 _NOT_PLACED = EXTENT_UNKNOWN | EXTENT_DELALLOC | EXTENT_DATA_INLINE | EXTENT_NOT_ALIGNED
 _EXTENTS_PER_CALL = 128
 _NO_FIEMAP = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL)
@@ -128,6 +129,30 @@ def _shared_extents(fd: int, fs: tuple, ranges: list) -> int:
     return shared
 
 
+XATTR_NONE, XATTR_BLOCK, XATTR_UNKNOWN = 0, 1, 2
+
+
+def xattr_storage(fd: int) -> int:
+    """Where a directory's extended attributes are kept (see _csys.h, snap_xattr_storage):
+    none, a block of their own, or unknown."""
+    request = _ioctls().get("FS_IOC_FIEMAP")
+    if request is None:  # pragma: no cover - not Linux
+        return XATTR_UNKNOWN
+    buf = bytearray(_FM_HEADER.size + 2 * _FM_EXTENT.size)
+    _FM_HEADER.pack_into(buf, 0, 0, (1 << 64) - 1, _FIEMAP_FLAG_XATTR, 0, 2, 0)
+    try:
+        fcntl.ioctl(fd, request, buf)
+    except OSError:
+        return XATTR_UNKNOWN
+    mapped = _FM_HEADER.unpack_from(buf, 0)[3]
+    if mapped == 0:
+        return XATTR_NONE
+    for i in range(min(mapped, 2)):
+        if _FM_EXTENT.unpack_from(buf, _FM_HEADER.size + i * _FM_EXTENT.size)[5] & EXTENT_DATA_INLINE:
+            return XATTR_UNKNOWN
+    return XATTR_BLOCK
+
+
 def _union(ranges: list) -> int:
     total = 0
     cur = None
@@ -159,7 +184,7 @@ def proc_mounted() -> bool:
 
 
 class _Batch:
-    """What the walks of one call share: options, other processes' leases, the inodes
+    """What the walks of one call share: options, the leases held, the inodes
     already given a file job (each once per call), and the progress counters."""
 
     def __init__(self, flags: int, blocks: int, block_size: int, force: bool, max_depth: int,

@@ -269,8 +269,9 @@ cdef struct Worker:
     int64_t grow_cpu
     PendingMeta pending[META_AHEAD]  # rootfs.meta files whose reads were started (_files.pxi)
     int npending
-    int leasing           # it holds a write lease (a punch), on a file of inode number lease_ino:
-    uint64_t lease_ino    # both under the batch's jobs_lock (see _leases.pxi, lease_held)
+    int leasing           # it holds a write lease (a punch), on lease_fd, a file of inode number
+    int lease_fd          # lease_ino: all three under the batch's jobs_lock (see _leases.pxi,
+    uint64_t lease_ino    # lease_held, and _files.pxi, batch_leases_on)
 
 cdef struct Batch:
     const char **paths    # kept alive by the caller's list: paths, or names in the base directory
@@ -310,7 +311,7 @@ cdef struct Batch:
     int nomem
     int thread_err
     int no_proc           # /proc is not mounted, and the walks need it to reopen files
-    LeaseSet leases       # other processes' leases when the call began
+    LeaseSet leases       # the leases held when the call began
     pthread_mutex_t jobs_lock
     InodeSet jobs_seen    # inodes given a file job: each once per call
     int64_t lease_break_ns

@@ -11,11 +11,12 @@
 # every chunk read and immediately before every fallocate, so an opener waits for one chunk
 # or one punch of at most PUNCH_PIECE bytes, and a lease the kernel took back (the process
 # was stopped past lease-break-time) is seen before anything more is punched.  A run read
-# longer ago than a quarter of lease-break-time is read again (and the file's size taken)
-# before that last confirmation, so only the fallocate call lies between them.  An opener
-# waits lease-break-time (1 s at the least) from the break before its open returns: a punch
-# that ends within half a second of the confirmation is safe; one that took longer (the
-# process was stopped or starved in it) while the lease broke is reported (EXPIRED), never
+# longer ago than a quarter of lease-break-time is read again before that last
+# confirmation (the file's size is taken once, under the lease, which a truncate breaks), so only the fallocate call lies between them.  An opener
+# waits lease-break-time (1 s at the least) from the break before its open returns, and
+# only once the lease is gone: a punch that ends within half a second of the confirmation,
+# or while the lease is still there, came first; one after which the kernel had taken the
+# lease back (the process was stopped or starved in it) is reported (EXPIRED), never
 # silent.  Only whole allocation
 # units are punched (a cluster on ext4 bigalloc): punching less frees nothing and can grow
 # the extent tree.
@@ -45,10 +46,11 @@ cdef enum:
     REREAD_FRACTION = 4
     REREAD_BYTES = 65536
 
-# A punch that takes this long while the lease breaks may have let its opener in: half of
-# the shortest lease-break-time the kernel applies (1 s; 0 means breaks never expire).  A
-# fixed figure, not half of the sysctl read when the call began: the kernel times a break
-# with the value current when it begins, and root may have lowered it meanwhile.
+# A punch that ends sooner after its confirmation cannot have let an opener in: half of the
+# shortest lease-break-time the kernel applies (1 s; 0 means breaks never expire).  A fixed
+# figure, not half of the sysctl read when the call began: the kernel times a break with the
+# value current when it begins, and root may change it meanwhile.  A longer punch asks the
+# kernel whether the lease is still there (see flush_run).
 cdef int64_t EXPIRY_NS = 500000000
 
 ctypedef int (*on_block_fn)(void *ctx, int64_t bs, int64_t allocated, int nonzero) noexcept nogil
@@ -283,9 +285,13 @@ cdef int flush_run(PunchCtx *c) noexcept nogil:
     c.punched += zero
     if c.me.b.progress != NULL:
         snap_add64(&c.me.b.progress.bytes_punched, zero)
-    if (c.leased and snap_now_ns() - confirmed >= EXPIRY_NS and sys_fcntl(c.fd, F_GETLEASE, 0) != F_WRLCK
-            and lease_break_secs() != 0):
-        c.expired = 1  # its opener may have waited out the break while we punched
+    if c.leased and snap_now_ns() - confirmed >= EXPIRY_NS and sys_fcntl(c.fd, F_GETLEASE, 0) != F_WRLCK:
+        # The lease broke while the punch took long.  Its opener gets in only once the lease
+        # is gone: if it is still there (breaking), the punch came first.
+        if sys_fcntl(c.fd, F_SETLEASE, F_UNLCK) == 0:
+            c.stopped = 1
+        else:
+            c.expired = 1  # the kernel took it back: its opener may have written meanwhile
         return 1
     return 0
 
@@ -317,7 +323,8 @@ cdef int64_t alloc_unit(int fd, const struct_stat *st, int64_t dir_alloc, int on
     (statfs, st_blksize, FIGETBSZ, statx and sysfs all give the block), but ext4 allocates in
     whole clusters: the file's and its directory's allocated sizes are multiples of it.  So
     the unit is the largest power of two dividing both, if larger than the block: exact for
-    a directory of one block (a snapshot's), and never smaller than the cluster, so at worst
+    a directory of one block (a snapshot's; see dir_alloc for its attributes' block), and
+    never smaller than the cluster, so at worst
     less is punched, never a piece of a cluster.  Without the directory's size (an ext4
     inline-data directory has no blocks; a bind-mounted file's directory is elsewhere) the
     file's alone would say nothing (a dense 32 MiB file would make a 32 MiB unit, and nothing
@@ -395,21 +402,6 @@ cdef int take_lease(int fd) noexcept nogil:
     return snap_errno()
 
 
-cdef long lease_break_secs() noexcept nogil:
-    """/proc/sys/fs/lease-break-time now, in seconds; -1 if it cannot be read."""
-    cdef char buf[32]
-    cdef long got
-    cdef int fd = c_open(b"/proc/sys/fs/lease-break-time", O_RDONLY | O_CLOEXEC)
-    if fd < 0:
-        return -1
-    got = sys_read(fd, buf, sizeof(buf) - 1)
-    close(fd)
-    if got <= 0:
-        return -1
-    buf[got] = 0
-    return strtoul(buf, NULL, 10)
-
-
 cdef void let_go(Worker *me, int fd) noexcept nogil:
     """Let the lease go.  Its result is not needed: every punch was vouched for in
     flush_run, and a lease the kernel already took back (EAGAIN here) let its opener in
@@ -432,6 +424,7 @@ cdef void punch_file(Worker *me, Job *job, int fd, const struct_stat *st, Totals
         pthread_mutex_lock(&w.b.jobs_lock)
         err = take_lease(fd)
         me.leasing = err == 0
+        me.lease_fd = fd
         me.lease_ino = st.st_ino
         pthread_mutex_unlock(&w.b.jobs_lock)
         if err == EAGAIN or (err and not w.b.force):
