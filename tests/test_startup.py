@@ -41,6 +41,14 @@ def test_sizing_loads_the_walker_only():
     assert loaded & HEAVY == set()
 
 
+def test_the_first_call_of_usage_imports_nothing():
+    """Resolving snapshot.usage loads what its call needs (a Usage is a dataclass), so that its
+    first call costs what the later ones do: timed calls are the walk's, not imports'."""
+    loaded = _loaded_after("import snapshot, sys; usage = snapshot.usage; ready = set(sys.modules); "
+                           "usage('.'); assert set(sys.modules) == ready, set(sys.modules) - ready")
+    assert "snapshot._usage" in loaded
+
+
 def test_snapshot_du_loads_no_module_it_does_not_need():
     """snapshot-du needs argparse (and its console script imports re); not the rest.
     (snapshot-sparsify is left out: it makes a Sparsified, a dataclass, every run.)"""
