@@ -21,7 +21,7 @@ import time
 import pytest
 
 import snapshot
-from conftest import loop_mount
+from conftest import loop_mount, mount_tmpfs
 from snapshot import cli_sparsify
 from test_blocks import allocated, assert_same, impl, mixed_file, sparse_copy  # noqa: F401 (impl: a fixture)
 from test_sparsify_cli import run
@@ -703,6 +703,31 @@ def test_a_rootfs_meta_this_process_leases_is_not_opened(walker, tmp_path):
         names, walked, _ = _size.snapshot_walks(tmp_path / "base")
         assert walked[0].meta == (errno.EAGAIN, 0, 0)
         assert breaks == [] and held()
+
+
+def test_a_lease_elsewhere_on_the_same_inode_number_leaves_rootfs_meta_readable(walker, tmp_path):
+    """A lease names a file by device and inode number: one on another filesystem's file that has
+    rootfs.meta's inode number (two fresh tmpfs number their inodes alike) is not rootfs.meta's."""
+    from snapshot import _size
+    a, b = tmp_path / "a", tmp_path / "b"
+    mounted = []
+    try:
+        for where in (a, b):
+            where.mkdir()
+            mount_tmpfs(where)
+            mounted.append(where)
+        (a / "vm").mkdir()
+        (a / "vm" / "rootfs.meta").write_text('{"base_template":"t"}')
+        (b / "vm").mkdir()
+        (b / "vm" / "other").write_text("x")
+        assert os.stat(a / "vm" / "rootfs.meta").st_ino == os.stat(b / "vm" / "other").st_ino  # the premise
+        with own_write_lease(b / "vm" / "other") as (breaks, held):
+            names, walked, _ = _size.snapshot_walks(a)
+            assert walked[0].meta == b'{"base_template":"t"}'
+            assert breaks == [] and held()
+    finally:
+        for where in mounted:
+            subprocess.run(["umount", str(where)], check=True)
 
 
 # ---- 11. the allocation unit when the directory's size says nothing ------------------------------------------------

@@ -195,6 +195,7 @@ cdef int _batch_init(Batch *b, list paths, int flags, int workers, int blocks) e
     b.base_fd = AT_FDCWD
     pthread_mutex_init(&b.lock, NULL)
     pthread_mutex_init(&b.jobs_lock, NULL)
+    pthread_mutex_init(&b.lease_lock, NULL)
     snap_cond_init(&b.more)
     b.ready = 1
     if b.n <= 1:
@@ -226,6 +227,7 @@ cdef void _batch_free(Batch *b) noexcept nogil:
     if b.ready:
         pthread_mutex_destroy(&b.lock)
         pthread_mutex_destroy(&b.jobs_lock)
+        pthread_mutex_destroy(&b.lease_lock)
         pthread_cond_destroy(&b.more)
         b.ready = 0
     leases_free(&b.leases)

@@ -176,14 +176,17 @@ cdef int job_leased(Job *job) noexcept nogil:
     cdef int held
     if job.blocks == PUNCH or job.blocks == DRY_RUN:
         memset(&fresh, 0, sizeof(LeaseSet))
-        # Under the lock that leases are taken and let go under: the table read and the
-        # batch's own leases counted are one moment.
-        pthread_mutex_lock(&b.jobs_lock)
+        # A punch: under the lock that leases are taken and let go under, so that the table
+        # read and the batch's own leases counted are one moment.  A dry run takes none.
+        if job.blocks == PUNCH:
+            pthread_mutex_lock(&b.lease_lock)
         if leases_read(&fresh) != 0:
             held = 1  # cannot tell: leave it alone
         else:
-            held = lease_held(&fresh, &job.st, job.pfd, batch_leases_on(b, job.st.st_ino))
-        pthread_mutex_unlock(&b.jobs_lock)
+            held = lease_held(&fresh, &job.st, job.pfd,
+                              batch_leases_on(b, job.st.st_ino) if job.blocks == PUNCH else 0)
+        if job.blocks == PUNCH:
+            pthread_mutex_unlock(&b.lease_lock)
         leases_free(&fresh)
         return held
     return lease_held(&b.leases, &job.st, job.pfd, 0)  # no lease of ours: this batch punches nothing
@@ -191,7 +194,7 @@ cdef int job_leased(Job *job) noexcept nogil:
 
 cdef int batch_leases_on(Batch *b, uint64_t ino) noexcept nogil:
     """How many write leases this batch's threads hold on files of inode number *ino*
-    (jobs_lock held, after /proc/locks was read).  Each is asked of the kernel: one it took
+    (lease_lock held, after /proc/locks was read).  Each is asked of the kernel: one it took
     back (an opener waited it out) is not in the table any more, and one that is breaking
     is not counted (the table's count is then the larger: the file is left alone).  Every
     slot, not only the started threads': a thread works before it is counted."""

@@ -335,7 +335,7 @@ class _Walk:
             if st is None or not stat.S_ISREG(st.st_mode) or st.st_size > META_READ_MAX:
                 self.meta = (0, stat.S_IFDIR if st is None else st.st_mode, 0 if st is None else st.st_size)
                 return
-            if self.b.leases is not None and st.st_ino in self.b.leases.inos:
+            if self.b.leases is not None and self.b.leases.held(st, dir_fd):  # as _files.pxi, snapshot_file
                 self.meta = (errno.EAGAIN, 0, 0)  # leased: opening it would break the lease
                 return
             got = read_raw(name, dir_fd)

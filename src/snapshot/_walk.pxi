@@ -270,7 +270,7 @@ cdef struct Worker:
     PendingMeta pending[META_AHEAD]  # rootfs.meta files whose reads were started (_files.pxi)
     int npending
     int leasing           # it holds a write lease (a punch), on lease_fd, a file of inode number
-    int lease_fd          # lease_ino: all three under the batch's jobs_lock (see _leases.pxi,
+    int lease_fd          # lease_ino: all three under the batch's lease_lock (see _leases.pxi,
     uint64_t lease_ino    # lease_held, and _files.pxi, batch_leases_on)
 
 cdef struct Batch:
@@ -313,7 +313,8 @@ cdef struct Batch:
     int no_proc           # /proc is not mounted, and the walks need it to reopen files
     LeaseSet leases       # the leases held when the call began
     pthread_mutex_t jobs_lock
-    InodeSet jobs_seen    # inodes given a file job: each once per call
+    InodeSet jobs_seen    # inodes given a file job: each once per call (jobs_lock)
+    pthread_mutex_t lease_lock  # the workers' leases are taken, let go and counted under it
     int64_t lease_break_ns
     # growth
     int auto_grow
@@ -913,7 +914,7 @@ cdef int open_deferred(Node *n, int *stat_ok) noexcept nogil:
     if rc == 0:
         fd = dc_openat(&w.dc, parent.fd, n.name, 0)
         e = snap_errno()
-        if fd < 0 and (e == EACCES or e == EPERM):
+        if fd < 0 and e != ENOENT and e != ENOTDIR and e != ELOOP:  # as unreadable_dir
             stat_ok[0] = sys_fstatat(parent.fd, n.name, &st, AT_SYMLINK_NOFOLLOW) == 0
     pthread_mutex_lock(&w.dc.lock)
     if rc == 0:

@@ -406,10 +406,10 @@ cdef void let_go(Worker *me, int fd) noexcept nogil:
     """Let the lease go.  Its result is not needed: every punch was vouched for in
     flush_run, and a lease the kernel already took back (EAGAIN here) let its opener in
     after our last punch."""
-    pthread_mutex_lock(&me.b.jobs_lock)
+    pthread_mutex_lock(&me.b.lease_lock)
     sys_fcntl(fd, F_SETLEASE, F_UNLCK)
     me.leasing = 0
-    pthread_mutex_unlock(&me.b.jobs_lock)
+    pthread_mutex_unlock(&me.b.lease_lock)
 
 
 cdef void punch_file(Worker *me, Job *job, int fd, const struct_stat *st, Totals *t) noexcept nogil:
@@ -421,12 +421,12 @@ cdef void punch_file(Worker *me, Job *job, int fd, const struct_stat *st, Totals
     cdef uint64_t before = <uint64_t>st.st_blocks * 512
     cdef const char *name = job.name if job.dir != NULL else NULL
     if job.blocks == PUNCH:
-        pthread_mutex_lock(&w.b.jobs_lock)
+        pthread_mutex_lock(&w.b.lease_lock)
         err = take_lease(fd)
         me.leasing = err == 0
         me.lease_fd = fd
         me.lease_ino = st.st_ino
-        pthread_mutex_unlock(&w.b.jobs_lock)
+        pthread_mutex_unlock(&w.b.lease_lock)
         if err == EAGAIN or (err and not w.b.force):
             job_failed(w, BUSY if err == EAGAIN else UNCHECKED, err, fstype, job.dir, name)
             return
