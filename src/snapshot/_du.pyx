@@ -28,8 +28,8 @@ takes from the C headers.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pythread cimport PyThread_get_thread_ident
-from libc.errno cimport (EACCES, EAGAIN, EINTR, EINVAL, EISDIR, ELOOP, EMFILE, ENFILE, ENOENT, ENOMEM, ENOTDIR,
-                         ENOTTY, ENXIO, EOPNOTSUPP, EPERM, ESTALE, ETIME)
+from libc.errno cimport (EACCES, EAGAIN, EFBIG, EINTR, EINVAL, EISDIR, ELOOP, EMFILE, ENFILE, ENOENT, ENOMEM,
+                         ENOTDIR, ENOTTY, ENXIO, EOPNOTSUPP, EPERM, ESTALE, ETIME)
 from libc.stdlib cimport calloc, free, malloc, realloc, strtoul, strtoull
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strcmp, strdup, strlen, strndup, strrchr, strstr
 from posix.stat cimport S_IFDIR, S_IFLNK, S_IFMT, S_IFREG
@@ -135,6 +135,14 @@ cdef int fd_budget(int walks) noexcept nogil:
     if b > 256:
         return 256
     return <int>b
+
+
+cdef int _leases_unread(int rc) except -1:
+    """Raise for leases_read's failure: without the lease table no file may be opened."""
+    if rc == ENOMEM:
+        raise MemoryError()
+    raise OSError(rc, "cannot read the lease table whole (" + (
+        "it kept changing" if rc == EAGAIN else os.strerror(rc)) + ")", "/proc/locks")
 
 
 cdef int64_t lease_break_ns():
@@ -444,8 +452,9 @@ cdef object _walk_batch(list paths, int flags, int workers, int blocks, int bloc
             b.base_fd = base_fd  # the caller's: it closes it
             b.base_err = base_err
         if flags & (F_SHARED | F_SNAPSHOT) or blocks:
-            if leases_read(&b.leases) != 0:
-                raise MemoryError()
+            rc = leases_read(&b.leases)
+            if rc != 0:
+                _leases_unread(rc)
         if (flags & F_SHARED or blocks) and not proc_mounted():
             b.no_proc = 1
         if blocks == PUNCH:
@@ -680,9 +689,10 @@ cdef class DataRanges:
             if sys_fstat(pfd, &now) != 0 or now.st_dev != st.st_dev or now.st_ino != st.st_ino:
                 raise Failure(FAILED, ESTALE, path, 0)  # replaced since it was looked at
             memset(&fresh, 0, sizeof(LeaseSet))
-            if leases_read(&fresh) != 0:
+            rc = leases_read(&fresh)
+            if rc != 0:
                 leases_free(&fresh)
-                raise MemoryError()
+                _leases_unread(rc)
             held = lease_held(&fresh, &now, pfd, 0)
             leases_free(&fresh)
             if held:

@@ -49,14 +49,48 @@ class Leases:
         return st.st_ino in self.inos and _fs_type(fd) == _BTRFS_MAGIC
 
 
+AGREE, READINGS = 3, 16  # readings of a long table whose leases must agree; at most (as _leases.pxi)
+
+
 def read() -> Leases:
     """The leases now.  Without /proc (no /proc/locks) there is nothing to read: the walk
-    that needs it has already failed for want of /proc/self/fd."""
+    that needs it has already failed for want of /proc/self/fd.  The kernel gives the table
+    a page per read, each resuming by position, so a lock let go between two reads makes the
+    next skip an entry (and one taken, list one twice): a table longer than one read is read
+    again until the lease lines it lists are the same AGREE times in a row (see _leases.pxi,
+    leases_read)."""
     try:
-        with open(LOCKS, "rb") as f:  # bytes: no codec to look up (an unprivileged child may not import one)
-            return Leases(f.read())
+        text, chunks = _text()
     except FileNotFoundError:
         return Leases()
+    lines, agree, readings = _lease_lines(text), 1, 1
+    while chunks > 1 and agree < AGREE:
+        if readings == READINGS:
+            import errno
+            raise OSError(errno.EAGAIN, "cannot read the lease table whole (it kept changing)", LOCKS)
+        text, chunks = _text()
+        readings += 1
+        more = _lease_lines(text)
+        agree = agree + 1 if set(more) == set(lines) else 1  # listed twice or not: see _leases.pxi
+        lines = more
+    return Leases(text)
+
+
+def _lease_lines(text: bytes) -> list:
+    """The lease lines, each without its ordinal (which the locks listed before it shift)."""
+    return [line.partition(b": ")[2] for line in text.splitlines() if b" LEASE " in line or b" DELEG " in line]
+
+
+def _text() -> tuple:
+    """(/proc/locks, how many reads returned text): unbuffered, one read() a call, to count
+    them.  Bytes: no codec to look up (an unprivileged child may not import one)."""
+    with open(LOCKS, "rb", buffering=0) as f:
+        parts = []
+        while True:
+            part = f.read(1 << 16)
+            if not part:
+                return b"".join(parts), len(parts)
+            parts.append(part)
 
 
 def _fs_type(fd: int) -> int:
