@@ -21,7 +21,7 @@ import time
 import pytest
 
 import snapshot
-from conftest import loop_mount, mount_tmpfs
+from conftest import as_nobody, loop_mount, mount_tmpfs
 from snapshot import cli_sparsify
 from test_blocks import allocated, assert_same, impl, mixed_file, sparse_copy  # noqa: F401 (impl: a fixture)
 from test_sparsify_cli import run
@@ -806,11 +806,10 @@ def test_a_unit_wider_than_a_cluster_counts_only_what_is_mapped(impl, bigalloc, 
 
 @pytest.mark.parametrize("labels", [[3000], [20, 3000]], ids=["attribute-block", "and-some-in-the-inode"])
 def test_a_directory_with_extended_attributes_never_makes_the_dry_run_say_more(impl, bigalloc, labels):
-    """ext4 counts a directory's block of extended attributes (a long ACL or label) in its st_blocks: one
-    more cluster, so a directory of one block is two.  Its unit must not be taken for one cluster: a
-    zero-filled block beside a cluster of hole frees one cluster, and is counted as one, never two.
-    Where some attributes are in the inode, FIEMAP reports only those and cannot tell that a block is
-    beside them: the mapped bytes are counted then, never more than is freed."""
+    """ext4 charges a directory's extended attributes to its st_blocks (a block of their own: one more
+    cluster; with ea_inode, the inodes of large values too), so a directory of one block is two clusters
+    or more, and its unit must not be taken for one cluster.  A zero-filled block beside a cluster of hole
+    frees one cluster: it is counted as its mapped block, never as two clusters."""
     d = bigalloc / "vm"
     d.mkdir()
     for i, size in enumerate(labels):
@@ -825,35 +824,57 @@ def test_a_directory_with_extended_attributes_never_makes_the_dry_run_say_more(i
     dry = snapshot.sparsify(f, dry_run=True)
     real = snapshot.sparsify(f)
     assert real.allocated_before - real.allocated_after == CLUSTER
-    assert dry.punched == real.punched == (CLUSTER if len(labels) == 1 else K)
+    assert dry.punched == real.punched == K
 
 
-@pytest.fixture
-def plain_ext4(tmp_path):
-    """A loop-mounted ext4 with 4 KiB blocks and 256-byte inodes (the default) inside tmp_path."""
-    with loop_mount(tmp_path, "ext4", ["-b", "4096", "-I", "256"], 64 << 20, "e2fsprogs") as where:
-        yield where
+@pytest.mark.parametrize("mkfs, label", [(["-I", "256"], 3000), (["-I", "128", "-O", "ea_inode"], 5000)],
+                         ids=["attribute-block", "ea-inode"])
+def test_a_directorys_attributes_never_make_the_dry_run_say_more_on_plain_ext4(impl, tmp_path, mkfs, label):
+    """A one-block directory with a block of attributes is charged 8 KiB on plain ext4, and with ea_inode
+    a large value's inode too (16 KiB): neither is a cluster of that size.  A zero block and a hole that
+    share an 8 KiB unit free 4 KiB, and are counted so."""
+    with loop_mount(tmp_path, "ext4", ["-b", "4096", *mkfs], 64 << 20, "e2fsprogs") as ext4:
+        d = ext4 / "vm"
+        d.mkdir()
+        os.setxattr(d, "user.label", b"a" * label)
+        f = d / "memory-ranges"
+        fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+        try:  # blocks 0 and 1 data, 2 zeros, 3 a hole, 4 to 6 data: 24 KiB allocated
+            for block, fill in ((0, b"d"), (1, b"d"), (2, b"\0"), (4, b"d"), (5, b"d"), (6, b"d")):
+                os.pwrite(fd, fill * K, block * K)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert os.stat(d).st_size == K and os.stat(d).st_blocks * 512 >= 2 * K and allocated(f) == 6 * K
+        dry = snapshot.sparsify(f, dry_run=True)
+        real = snapshot.sparsify(f)
+        assert dry.punched == real.punched == real.allocated_before - real.allocated_after == K
+        assert allocated(f) == 5 * K
 
 
-def test_a_directorys_attribute_block_does_not_widen_the_unit_on_plain_ext4(impl, plain_ext4):
-    """A one-block directory with a block of extended attributes allocates 8 KiB on plain ext4: the unit
-    is still the 4 KiB block (an 8 KiB one counted a zero block and a hole as 8 KiB, freeing 4)."""
-    d = plain_ext4 / "vm"
+def test_a_file_whose_directory_can_be_searched_not_read_is_punched_by_the_cluster(impl, bigalloc):
+    """Given as a path, a file's directory is opened to learn its allocation; one that user nobody
+    may search but not read still gives its size (an O_PATH descriptor): the unit stays the cluster,
+    so a cluster of one zero block and data is not punched (a 4 KiB punch there frees nothing and
+    splits an extent)."""
+    d = bigalloc / "vm"
     d.mkdir()
-    os.setxattr(d, "user.label", b"a" * 3000)
     f = d / "memory-ranges"
-    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
-    try:  # blocks 0 and 1 data, 2 zeros, 3 a hole, 4 to 6 data: 24 KiB allocated
-        for block, fill in ((0, b"d"), (1, b"d"), (2, b"\0"), (4, b"d"), (5, b"d"), (6, b"d")):
-            os.pwrite(fd, fill * K, block * K)
-        os.fsync(fd)
+    with open(f, "wb") as h:
+        h.write(bytes(K) + b"D" * (CLUSTER - K))
+        os.fsync(h.fileno())
+    os.chown(f, 65534, 65534)
+    os.chmod(d, 0o711)
+    os.chmod(bigalloc, 0o755)
+    fd = os.open(bigalloc, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        def run():
+            return snapshot.sparsify("vm/memory-ranges", dry_run=True), snapshot.sparsify("vm/memory-ranges")
+        dry, real = as_nobody(run, cwd_fd=fd)
     finally:
         os.close(fd)
-    assert (os.stat(d).st_size, os.stat(d).st_blocks * 512, allocated(f)) == (K, 2 * K, 6 * K)  # the premise
-    dry = snapshot.sparsify(f, dry_run=True)
-    real = snapshot.sparsify(f)
-    assert dry.punched == real.punched == real.allocated_before - real.allocated_after == K
-    assert allocated(f) == 5 * K
+    assert dry.punched == real.punched == 0
+    assert allocated(f) == CLUSTER
 
 
 def test_bigalloc_dry_run_counts_clusters_only_partly_mapped_whole(impl, bigalloc, tmp_path):

@@ -165,27 +165,17 @@ static inline int snap_fs_identity(int fd, uint64_t out[2]) {
     return 0;
 }
 
-/* Where a directory's extended attributes are kept, as FIEMAP_FLAG_XATTR tells: none at all,
-   a block of their own (ext4 counts it in st_blocks: one more cluster on bigalloc), or
-   unknown: FIEMAP failed, or it reports the ones in the inode, which hides a block beside
-   them (ext4 reports one or the other). */
-enum { SNAP_XATTR_NONE, SNAP_XATTR_BLOCK, SNAP_XATTR_UNKNOWN };
-static inline int snap_xattr_storage(int fd) {
-    uint64_t buf[(sizeof(struct fiemap) + 2 * sizeof(struct fiemap_extent)) / 8 + 1];
+/* Whether ext4 may charge a directory more than its own blocks: 0 only if FIEMAP_FLAG_XATTR
+   shows no extended attributes at all (in the inode, in a block of their own, or behind
+   them, with ea_inode, in inodes of their own), 1 if it shows some or cannot tell. */
+static inline int snap_may_have_xattrs(int fd) {
+    uint64_t buf[(sizeof(struct fiemap) + sizeof(struct fiemap_extent)) / 8 + 1];
     struct fiemap *fm = (struct fiemap *)buf;
-    uint32_t i;
     memset(buf, 0, sizeof buf);
     fm->fm_length = FIEMAP_MAX_OFFSET;
     fm->fm_flags = FIEMAP_FLAG_XATTR;
-    fm->fm_extent_count = 2;
-    if (sys_ioctl(fd, FS_IOC_FIEMAP, fm) != 0)
-        return SNAP_XATTR_UNKNOWN;
-    if (fm->fm_mapped_extents == 0)
-        return SNAP_XATTR_NONE;
-    for (i = 0; i < fm->fm_mapped_extents && i < 2; i++)
-        if (fm->fm_extents[i].fe_flags & FIEMAP_EXTENT_DATA_INLINE)
-            return SNAP_XATTR_UNKNOWN;
-    return SNAP_XATTR_BLOCK;
+    fm->fm_extent_count = 1;
+    return sys_ioctl(fd, FS_IOC_FIEMAP, fm) != 0 || fm->fm_mapped_extents != 0;
 }
 
 /* statfs's f_type of fd's filesystem, 0 if it cannot be had. */

@@ -111,7 +111,6 @@ cdef extern from "_csys.h" nogil:
     int snap_thread_start(pthread_t *t, start_fn fn, void *arg)
     long snap_nofile()
     int snap_fs_identity(int fd, uint64_t *out)
-    enum: SNAP_XATTR_NONE, SNAP_XATTR_BLOCK, SNAP_XATTR_UNKNOWN
-    int snap_xattr_storage(int fd)
+    int snap_may_have_xattrs(int fd)
     long snap_fs_type(int fd)
     void snap_proc_fd_path(char *out, int fd)

@@ -101,42 +101,35 @@ cdef int file_jobs(Worker *me, Walk *w, Node *n, int dirfd, const char *name,
 cdef int64_t dir_alloc(int dirfd, const char *name, const struct_stat *st, int *one_cluster) noexcept nogil:
     """The allocated bytes of the directory holding the file (dirfd, or for the walk's path,
     its parent), if it is on the same filesystem; 0 if it cannot be had.  ext4 allocates a
-    directory ceil(size / cluster) clusters, and one more for a block of extended attributes
-    (an ACL, a label that does not fit in the inode).  *one_cluster*: what is returned is
-    exactly one cluster, which the size proves: a directory of one block has one cluster,
-    and so has one whose size is at most half of its clusters' bytes (with two clusters or
-    more, the size is over half of them).  With a block of attributes proven, its cluster is
-    left out of what is returned; where their storage is unknown, nothing is proven, and
-    what is returned is still a multiple of the cluster."""
+    directory ceil(size / cluster) clusters, a multiple of the cluster whatever else it
+    charges to it (a block of extended attributes, and with ea_inode the inodes that hold
+    large values).  *one_cluster*: what is returned is exactly one cluster, which the size
+    proves when nothing else is charged (FIEMAP_FLAG_XATTR shows no attributes): a directory
+    of one block has one cluster, and so has one whose size is at most half of its clusters'
+    bytes (with two clusters or more, the size is over half of them).  Attributes in a block
+    of their own or in the inode (where a block or an ea_inode beside them cannot be seen)
+    prove nothing."""
     cdef struct_stat d
     cdef char *parent
     cdef const char *slash
-    cdef int fd = dirfd, xattrs
-    cdef int64_t alloc, size
+    cdef int fd = dirfd
+    cdef int64_t alloc = 0
     one_cluster[0] = 0
     if dirfd == AT_FDCWD:
         slash = strrchr(name, b'/')
-        if slash == NULL:
-            fd = c_open(b".", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK)
-        else:
-            parent = strndup(name, slash - name if slash != name else 1)
-            if parent == NULL:
-                return 0
-            fd = c_open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK)
-            free(parent)
+        parent = strdup(b".") if slash == NULL else strndup(name, slash - name if slash != name else 1)
+        if parent == NULL:
+            return 0
+        fd = c_open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK)
+        if fd < 0:  # searchable, not readable: its size still, its attributes unknown (no FIEMAP)
+            fd = c_open(parent, O_PATH | O_DIRECTORY | O_CLOEXEC)
+        free(parent)
         if fd < 0:
             return 0
-    if sys_fstat(fd, &d) != 0 or d.st_dev != st.st_dev:
-        alloc = 0
-    else:
+    if sys_fstat(fd, &d) == 0 and d.st_dev == st.st_dev:
         alloc = <int64_t>d.st_blocks * 512
-        size = <int64_t>d.st_size
-        xattrs = snap_xattr_storage(fd)
-        if xattrs == SNAP_XATTR_BLOCK and alloc % 2 == 0 and (size <= d.st_blksize or 4 * size <= alloc):
-            alloc //= 2  # two clusters, one of them the attributes'
-            one_cluster[0] = 1
-        elif xattrs == SNAP_XATTR_NONE:
-            one_cluster[0] = size <= d.st_blksize or 2 * size <= alloc
+        one_cluster[0] = (not snap_may_have_xattrs(fd)
+                          and (d.st_size <= d.st_blksize or 2 * <int64_t>d.st_size <= alloc))
     if fd != dirfd:
         close(fd)
     return alloc

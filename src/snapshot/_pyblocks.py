@@ -88,25 +88,25 @@ def alloc_unit(fd: int, directory: tuple) -> tuple:
 
 def dir_alloc(dir_fd, name: bytes, st: os.stat_result) -> tuple:
     """(allocated bytes, whether that is exactly one cluster) of the directory holding the
-    file (dir_fd, or for the walk's path, its parent), if it is on the same filesystem, less
-    the cluster of its attributes' block where that is proven; (0, False) if it cannot be
-    had.  See _files.pxi, dir_alloc."""
-    from ._pydu import XATTR_BLOCK, XATTR_NONE, xattr_storage
+    file (dir_fd, or for the walk's path, its parent), if it is on the same filesystem;
+    (0, False) if it cannot be had.  See _files.pxi, dir_alloc."""
+    from ._pydu import may_have_xattrs
     fd = dir_fd
     if dir_fd is None:
+        parent = os.path.dirname(name) or b"."
         try:
-            fd = os.open(os.path.dirname(name) or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            return 0, False
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:  # searchable, not readable: its size still, its attributes unknown
+            try:
+                fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                return 0, False
     try:
         d = os.fstat(fd)
         if d.st_dev != st.st_dev:
             return 0, False
-        alloc, size = d.st_blocks * 512, d.st_size
-        xattrs = xattr_storage(fd)
-        if xattrs == XATTR_BLOCK and alloc % 2 == 0 and (size <= d.st_blksize or 4 * size <= alloc):
-            return alloc // 2, True  # two clusters, one of them the attributes'
-        return alloc, xattrs == XATTR_NONE and (size <= d.st_blksize or 2 * size <= alloc)
+        alloc = d.st_blocks * 512
+        return alloc, not may_have_xattrs(fd) and (d.st_size <= d.st_blksize or 2 * d.st_size <= alloc)
     except OSError:
         return 0, False
     finally:

@@ -129,28 +129,19 @@ def _shared_extents(fd: int, fs: tuple, ranges: list) -> int:
     return shared
 
 
-XATTR_NONE, XATTR_BLOCK, XATTR_UNKNOWN = 0, 1, 2
-
-
-def xattr_storage(fd: int) -> int:
-    """Where a directory's extended attributes are kept (see _csys.h, snap_xattr_storage):
-    none, a block of their own, or unknown."""
+def may_have_xattrs(fd: int) -> bool:
+    """False only if FIEMAP_FLAG_XATTR shows the directory no extended attributes (see
+    _csys.h, snap_may_have_xattrs)."""
     request = _ioctls().get("FS_IOC_FIEMAP")
     if request is None:  # pragma: no cover - not Linux
-        return XATTR_UNKNOWN
-    buf = bytearray(_FM_HEADER.size + 2 * _FM_EXTENT.size)
-    _FM_HEADER.pack_into(buf, 0, 0, (1 << 64) - 1, _FIEMAP_FLAG_XATTR, 0, 2, 0)
+        return True
+    buf = bytearray(_FM_HEADER.size + _FM_EXTENT.size)
+    _FM_HEADER.pack_into(buf, 0, 0, (1 << 64) - 1, _FIEMAP_FLAG_XATTR, 0, 1, 0)
     try:
         fcntl.ioctl(fd, request, buf)
     except OSError:
-        return XATTR_UNKNOWN
-    mapped = _FM_HEADER.unpack_from(buf, 0)[3]
-    if mapped == 0:
-        return XATTR_NONE
-    for i in range(min(mapped, 2)):
-        if _FM_EXTENT.unpack_from(buf, _FM_HEADER.size + i * _FM_EXTENT.size)[5] & EXTENT_DATA_INLINE:
-            return XATTR_UNKNOWN
-    return XATTR_BLOCK
+        return True
+    return _FM_HEADER.unpack_from(buf, 0)[3] != 0
 
 
 def _union(ranges: list) -> int:

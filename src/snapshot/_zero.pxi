@@ -323,7 +323,7 @@ cdef int64_t alloc_unit(int fd, const struct_stat *st, int64_t dir_alloc, int on
     (statfs, st_blksize, FIGETBSZ, statx and sysfs all give the block), but ext4 allocates in
     whole clusters: the file's and its directory's allocated sizes are multiples of it.  So
     the unit is the largest power of two dividing both, if larger than the block: exact for
-    a directory of one block (a snapshot's; see dir_alloc for its attributes' block), and
+    a directory of one block without extended attributes (a snapshot's; see dir_alloc), and
     never smaller than the cluster, so at worst
     less is punched, never a piece of a cluster.  Without the directory's size (an ext4
     inline-data directory has no blocks; a bind-mounted file's directory is elsewhere) the
