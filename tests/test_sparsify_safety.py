@@ -442,7 +442,10 @@ def assert_progress(updates, ran, words):
         assert any(word in text for text in texts), f"no '{word}' in the progress lines: {texts}"
     times = [when for when, _ in updates]
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert statistics.median(gaps) <= 0.5 and max(gaps) <= 1.0, gaps
+    # Four a second, nominally; the run is held to 1.5% of a CPU, and on a busy machine its cgroup gets
+    # less than its quota (CI's 3.10-3.12 runs saw medians of 0.5-0.6 s while another suite ran): the
+    # bound is that lines keep coming, not their exact rate.
+    assert statistics.median(gaps) <= 1.0 and max(gaps) <= 2.5, gaps
 
 
 def zero_file(where, mib):
