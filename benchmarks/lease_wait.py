@@ -94,7 +94,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="lease-wait-", dir=args.dir)
     try:
         results["ext4 (or --dir's filesystem)"] = measure(tmp, args.rounds)
-        mounted = tmpfs(tempfile.mkdtemp(prefix="lease-wait-tmpfs-"))
+        mounted = tmpfs(tmp)  # its mount point inside tmp: removed with it
         if mounted is None:
             print("tmpfs: skipped (needs root to mount one)")
         else:
